@@ -1,0 +1,15 @@
+"""xenblock: Xen vbd hotplug scripts that build guest disks at domain start.
+
+Layout (one job per module):
+  hotplug    the entry point every block-<type> script calls (libxl contract)
+  lifecycle  add/remove of one disk: leftovers, sharing check, build, rollback
+  types/     one module per disk type, registered in types.TYPES
+  state      the teardown record per backend path under /run/xenblock
+  locks      flock-based locks that never outlive or leak into children
+  xenstore   the one xenstore connection of a run (pyxs)
+  loop       loop devices through the kernel's ioctls
+  blockdev   facts about block devices from sysfs and /proc
+  sharing    who else uses an image, and whether that forbids this request
+  config     /etc/xenblock/xenblock.conf
+  log        one line per add/remove to xen-hotplug.log and syslog
+"""
