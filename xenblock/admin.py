@@ -1,0 +1,29 @@
+"""The xenblock admin command. Subcommands grow with later work; for now:
+`xenblock list` shows what the hotplug scripts have built (their records)."""
+import argparse
+import os
+import sys
+
+from . import config as config_module
+from .state import StateDir
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="xenblock", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="disks xenblock has built, from /run/xenblock")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        return list_records(config_module.load(os.environ))
+    return 2
+
+
+def list_records(config):
+    records = StateDir(config.state_dir).records()
+    for record in records:
+        devices = ", ".join(step.get("node", "?") for step in record["steps"]) or "-"
+        print(f"{record['key']}\t{record['type']}\t{record['mode']}\t{record['state']}\t"
+              f"{devices}\t{record['target']}")
+    if not records:
+        print("no disks", file=sys.stderr)
+    return 0

@@ -1,0 +1,84 @@
+"""Building with a record: every kernel object is recorded before it exists.
+
+A Build appends a step to the disk's record and saves it before the object
+is created, then completes the step; on failure the caller undoes the steps
+in reverse. The record is therefore the rollback stack while building and
+the teardown record afterwards: one list, never two places.
+"""
+import os
+
+from . import locks, loop
+
+class Build:
+    def __init__(self, state, record, config):
+        self.state = state
+        self.record = record
+        self.config = config
+
+    def intend(self, undo, **data):
+        step = {"undo": undo, **data}
+        self.record["steps"].append(step)
+        self.save()
+        return step
+
+    def save(self):
+        self.state.save(self.record)
+
+    def loop_device(self, backing_fd, read_only):
+        step = self.intend("loop", mark=loop.mark_for(self.record["key"]))
+
+        def before_bind(number):
+            step["node"] = f"/dev/loop{number}"
+            self.save()
+            _write_marker(self.state.marker_dir, number, step["mark"])
+
+        # Serialises xenblock's own binds only (microseconds), so two of our
+        # runs never write a udev marker for the same free device at once.
+        with locks.held(self.state.lock_path("loop-alloc"), self.config.lock_timeout):
+            device = loop.attach(backing_fd, read_only, self.config.direct_io, step["mark"], before_bind)
+        step.update(node=device.node, diskseq=device.diskseq, devnum=str(device.devnum))
+        self.save()
+        return device
+
+
+def undo_loop(step, state):
+    node = step.get("node")
+    if node is None:
+        return  # killed before a device was chosen: nothing was bound
+    loop.detach(node, step.get("diskseq"), step["mark"])
+    _remove_marker(state.marker_dir, node, step["mark"])
+
+
+# Undo functions by the name a step records; each is safe to run again.
+UNDO = {"loop": undo_loop}
+
+
+def teardown(record, state):
+    """Undo a record's steps, newest first, saving progress after each, so a
+    remove killed half-way resumes where it stopped; then drop the record."""
+    steps = record["steps"]
+    while steps:
+        UNDO[steps[-1]["undo"]](steps[-1], state)
+        steps.pop()
+        state.save(record)
+    state.delete(record["key"])
+
+
+def _write_marker(directory, number, mark):
+    # The udev rule (etc/udev/rules.d/59-xenblock.rules) tests for this file
+    # when the bind's change event arrives: it must exist before the bind.
+    with open(os.path.join(directory, f"loop{number}"), "w") as f:
+        f.write(mark + "\n")
+
+
+def _remove_marker(directory, node, mark):
+    # Only our own: the device number may already serve another disk, whose
+    # marker must stay for udev to keep ignoring it.
+    path = os.path.join(directory, os.path.basename(node))
+    try:
+        with open(path) as f:
+            if f.read().strip() != mark:
+                return
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,108 @@
+"""add and remove of one disk, whatever its type.
+
+add: nothing if physical-device is already there (libxl may run add twice);
+undo the leftovers of an earlier add of the same backend that was killed;
+then check, refuse a conflicting sharer, build with a record, publish.
+remove: undo exactly what the record names; nothing recorded, nothing to do.
+"""
+from dataclasses import dataclass
+
+from . import locks, sharing
+from .build import Build, teardown
+from .errors import HotplugError
+from .request import Request
+from .state import new_record
+from .types import TYPES
+
+
+@dataclass
+class Context:
+    key: str  # XENBUS_PATH
+    disk_type: str
+    xs: object  # xenstore.XenStore
+    state: object  # state.StateDir
+    config: object
+    log: object
+
+
+def add(ctx):
+    """Returns the summary for the log line."""
+    existing = ctx.xs.read(f"{ctx.key}/physical-device")
+    if existing is not None:
+        return f"already connected to {existing}, nothing to do"
+    module = _type_module(ctx.disk_type)
+    request = Request.read(ctx.xs, ctx.key)
+    leftover = ctx.state.load(ctx.key)
+    if leftover is not None:
+        teardown(leftover, ctx.state)
+        ctx.log.info(f"undid the leftovers of an earlier add of {ctx.key}")
+    source = module.check(module.parse(request.target), request)
+    record = new_record(ctx.key, ctx.disk_type, request)
+    record["image"] = source.image_id
+    # Held from the sharing check until the record is saved: two adds of one
+    # image cannot both see "no other user". Other images are not held up.
+    with locks.held(ctx.state.lock_path(f"image-{source.image_id}"), ctx.config.lock_timeout):
+        _refuse_conflicts(source, request, ctx)
+        device = _build(module, source, request, record, ctx)
+    _publish(device, record, ctx)
+    guest = _guest_name(ctx.xs, request.frontend_id)
+    return f"{request.target} -> {device.path} ({device.devnum}, {device.detail}) for {guest}"
+
+
+def remove(ctx):
+    record = ctx.state.load(ctx.key)
+    if record is None:
+        return "nothing recorded, nothing to undo"
+    devices = [step["node"] for step in record["steps"] if "node" in step]
+    teardown(record, ctx.state)
+    detail = f" ({', '.join(devices)})" if devices else ""
+    return f"took down {record['target']}{detail} of domain {record['frontend_id']}"
+
+
+def _type_module(disk_type):
+    try:
+        return TYPES[disk_type]
+    except KeyError:
+        known = ", ".join(f"block-{name}" for name in sorted(TYPES))
+        raise HotplugError(f"unknown disk type {disk_type!r}: this script must be one of {known}") from None
+
+
+def _refuse_conflicts(source, request, ctx):
+    if request.sharing_forced:
+        ctx.log.info(f"{source.path}: mode {request.mode}: sharing check skipped on request")
+        return
+    user = sharing.conflicting_user(source, request, ctx)
+    if user is not None:
+        theirs = "read-write" if user.writable else "read-only"
+        ours = "read-write" if request.writable else "read-only"
+        raise HotplugError(f"{source.path}: already in use {theirs} by {user.what}; refusing {ours} access")
+
+
+def _build(module, source, request, record, ctx):
+    ctx.state.save(record)  # from here on, concurrent sharing checks see us
+    try:
+        return module.attach(source, request, Build(ctx.state, record, ctx.config))
+    except BaseException:
+        teardown(record, ctx.state)
+        raise
+
+
+def _publish(device, record, ctx):
+    published = ctx.xs.write_all(ctx.key, {
+        "physical-device": device.devnum.xen_hex(),
+        "physical-device-path": device.path,
+        "hotplug-status": "connected",
+    })
+    if not published:
+        teardown(record, ctx.state)
+        raise HotplugError(f"{ctx.key} vanished from xenstore while the disk was being built; undone")
+    record["state"] = "connected"
+    record["physical_device"] = device.devnum.xen_hex()
+    ctx.state.save(record)
+
+
+def _guest_name(xs, domid):
+    if domid is None:
+        return "an unknown domain"
+    name = xs.read(f"/local/domain/{domid}/name")
+    return f"domain {domid} ({name})" if name else f"domain {domid}"

@@ -1,0 +1,201 @@
+"""Loop devices through the kernel's own interface (no losetup processes).
+
+Attaching: LOOP_CTL_GET_FREE names a free device, LOOP_CONFIGURE binds it in
+one ioctl. If another process (losetup, say) binds that device first, the
+kernel answers EBUSY and we ask again: no find-then-attach race.
+
+Every loop device xenblock binds carries a mark in lo_file_name (readable
+with LOOP_GET_STATUS64; sysfs still shows the real backing file), so a
+leftover can be told from anyone else's loop device even without a record.
+"""
+import errno
+import fcntl
+import os
+import struct
+import time
+from dataclasses import dataclass
+
+from .blockdev import Devnum, diskseq, read_attribute
+from .errors import HotplugError
+
+LOOP_CLR_FD = 0x4C01
+LOOP_GET_STATUS64 = 0x4C05
+LOOP_CONFIGURE = 0x4C0A
+LOOP_CTL_GET_FREE = 0x4C82
+
+LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_DIRECT_IO = 16
+
+# struct loop_info64 (linux/loop.h): 5 u64, 4 u32, file name, crypt name, key, 2 u64
+LOOP_INFO64 = struct.Struct("=5Q4I64s64s32s2Q")
+# struct loop_config: fd, block_size, loop_info64, 8 reserved u64
+LOOP_CONFIG = struct.Struct(f"=2I{LOOP_INFO64.size}s8Q")
+NAME_SIZE = 64
+
+# A guest's partition table assumes 512-byte sectors; left at 0 the kernel
+# would copy a 4K drive's block size whenever the backing file is O_DIRECT.
+LOGICAL_BLOCK_SIZE = 512
+# udev and blkid may hold a device open for a moment after it changes.
+CLEAR_RETRY_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Loop:
+    number: int
+    devnum: Devnum
+    diskseq: int | None
+
+    @property
+    def node(self):
+        return f"/dev/loop{self.number}"
+
+
+@dataclass(frozen=True)
+class Status:
+    backing_dev: int  # kernel encoding (new_encode_dev), see _kernel_dev
+    backing_ino: int
+    read_only: bool
+    mark: str
+
+
+def mark_for(key):
+    """The lo_file_name that says "xenblock's, for this backend"."""
+    mark = f"xenblock:{key}"
+    if len(mark) < NAME_SIZE:
+        return mark
+    import hashlib  # only for unusually long keys: keep the common path lean
+    return "xenblock:#" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def attach(backing_fd, read_only, direct_io, mark, before_bind):
+    """Bind a free loop device to backing_fd; returns the Loop.
+
+    before_bind(number) runs just before the bind is attempted (the caller
+    writes its udev marker there); it may run more than once when another
+    process takes the free device first.
+    """
+    flags = (LO_FLAGS_READ_ONLY if read_only else 0) | (LO_FLAGS_DIRECT_IO if direct_io else 0)
+    info = LOOP_INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, flags, mark.encode()[: NAME_SIZE - 1], b"", b"", 0, 0)
+    config = LOOP_CONFIG.pack(backing_fd, LOGICAL_BLOCK_SIZE, info, *([0] * 8))
+    control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        while True:
+            number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+            before_bind(number)
+            if _configure(number, config):
+                devnum = Devnum(*_major_minor(number))
+                return Loop(number, devnum, diskseq(devnum))
+    finally:
+        os.close(control)
+
+
+def _configure(number, config):
+    fd = os.open(f"/dev/loop{number}", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, LOOP_CONFIGURE, config)
+        return True
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            return False  # bound by someone else since GET_FREE: ask again
+        raise HotplugError(f"cannot bind /dev/loop{number}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+
+
+def _major_minor(number):
+    st = os.stat(f"/dev/loop{number}")
+    return os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+def status(node):
+    """Status of a bound loop device; None if it is not bound or gone."""
+    try:
+        fd = os.open(node, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        raw = fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(LOOP_INFO64.size))
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            return None
+        raise
+    finally:
+        os.close(fd)
+    fields = LOOP_INFO64.unpack(raw)
+    return Status(
+        backing_dev=fields[0],
+        backing_ino=fields[1],
+        read_only=bool(fields[8] & LO_FLAGS_READ_ONLY),
+        mark=fields[9].rstrip(b"\0").decode(errors="replace"),
+    )
+
+
+def direct_io_active(loop):
+    return read_attribute(loop.devnum, "loop", "dio") == "1"
+
+
+def bound_loops():
+    """(node, Devnum) of every bound loop device, found through udev's view of sysfs."""
+    import pyudev  # imported here: only runs that look for loop devices pay for it
+    context = pyudev.Context()
+    found = []
+    for device in context.list_devices(subsystem="block", sys_name="loop*"):
+        if device.attributes.get("loop/backing_file") is not None and device.device_node:
+            found.append((device.device_node, Devnum.of_rdev(device.device_number)))
+    return found
+
+
+def backed_by(st):
+    """(node, Devnum, Status) of each loop device whose backing file is st's inode."""
+    wanted = (_kernel_dev(st.st_dev), st.st_ino)
+    found = []
+    for node, devnum in bound_loops():
+        info = status(node)
+        if info is not None and (info.backing_dev, info.backing_ino) == wanted:
+            found.append((node, devnum, info))
+    return found
+
+
+def _kernel_dev(dev):
+    # LOOP_GET_STATUS64 encodes st_dev the kernel's way (new_encode_dev), not
+    # glibc's makedev: compare like with like (Xen's own script compared a
+    # decimal with a hex number here, and its sharing check never matched).
+    major, minor = os.major(dev), os.minor(dev)
+    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+
+
+def detach(node, expected_diskseq, mark):
+    """Unbind node if it is still the device we bound; True if it was ours.
+
+    diskseq is never reused, so a device number handed to someone else after
+    our device went away is recognised and left alone; the mark guards kernels
+    without diskseq.
+    """
+    info = status(node)
+    if info is None or info.mark != mark:
+        return False
+    devnum = Devnum(*_major_minor(int(node.removeprefix("/dev/loop"))))
+    if expected_diskseq is not None and diskseq(devnum) != expected_diskseq:
+        return False
+    _clear(node)
+    return True
+
+
+def _clear(node):
+    # LOOP_CLR_FD on a device still open elsewhere turns into autoclear on
+    # current kernels; older ones answer EBUSY while udev/blkid probe it.
+    deadline = time.monotonic() + CLEAR_RETRY_SECONDS
+    while True:
+        fd = os.open(node, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, LOOP_CLR_FD)
+            return
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return  # already unbound
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise HotplugError(f"cannot detach {node}: {e.strerror}") from e
+        finally:
+            os.close(fd)
+        time.sleep(0.1)
+

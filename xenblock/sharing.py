@@ -1,0 +1,100 @@
+"""Xen's sharing rule, done right: who else uses an image, and may we?
+
+The rule (Xen's check_sharing): a writable request conflicts with any other
+user; a read-only request conflicts with a writing user. Users that belong to
+the same VM as the requesting guest do not count: the source domain during a
+live migration, and a guest's device-model stub domain.
+
+Users are found without scanning xenstore (which costs Xen's script one
+process per vbd): our own records, the loop devices bound to the same inode,
+blkback's sysfs entries, dom0's mounts and stacked devices.
+"""
+from dataclasses import dataclass
+
+from . import blockdev, build, locks, loop
+
+
+@dataclass(frozen=True)
+class User:
+    what: str
+    domid: int | None  # None: dom0 itself, or someone we cannot name
+    writable: bool
+
+
+def conflicting_user(source, request, ctx):
+    """The first user that forbids the request, or None."""
+    for user in users(source, request, ctx):
+        if not (request.writable or user.writable):
+            continue
+        if user.domid is not None and same_vm(ctx.xs, user.domid, request.frontend_id):
+            continue
+        return user
+    return None
+
+
+def users(source, request, ctx):
+    found = list(_record_users(source, ctx))
+    if source.devnum is not None:
+        found += _device_users(source.devnum)
+        if request.writable and not found and blockdev.claimed_exclusively(source.path):
+            found.append(User("dom0 (mounted, or held by LVM, md or device-mapper)", None, True))
+    else:
+        for node, devnum, info in loop.backed_by(source.stat):
+            if not info.mark.startswith("xenblock:"):  # ours are in the records
+                found += _device_users(devnum) or [
+                    User(f"{node}, a loop device not set up by xenblock", None, not info.read_only)]
+    return found
+
+
+def _record_users(source, ctx):
+    for record in ctx.state.records():
+        if record["key"] == ctx.key or record.get("image") != source.image_id:
+            continue
+        if _clean_if_orphaned(record, ctx):
+            continue
+        domid = record.get("frontend_id")
+        yield User(f"domain {domid} ({record['key']})", domid, record["writable"])
+
+
+def _clean_if_orphaned(record, ctx):
+    """A record whose backend is gone from xenstore will never see a remove
+    (libxl runs scripts only while the backend exists): undo it now, unless a
+    run holds its lock (then it is alive). Returns whether it was cleaned."""
+    if ctx.xs.exists(record["key"]):
+        return False
+    with locks.held_if_free(ctx.state.lock_path(record["key"])) as free:
+        if not free:
+            return False
+        current = ctx.state.load(record["key"])
+        if current is not None:
+            build.teardown(current, ctx.state)
+            ctx.log.info(f"cleaned up leftovers of vanished backend {record['key']}")
+    return True
+
+
+def _device_users(devnum):
+    found = [User(f"domain {domid} (vbd {devid})", domid, writable)
+             for domid, devid, writable in blockdev.vbd_users(devnum)]
+    for mount_point, writable in blockdev.mounts(blockdev.with_partitions(devnum)):
+        mode = "read-write" if writable else "read-only"
+        found.append(User(f"dom0, mounted {mode} on {mount_point}", None, writable))
+    for holder in blockdev.holders(devnum):
+        found.append(User(f"dom0 device {holder}, stacked on it", None, True))
+    return found
+
+
+def same_vm(xs, domid, other):
+    """Whether two domains are one VM: equal, or sharing /local/domain/N/vm
+    (a migration's source and destination), or one the stub domain of the
+    other (/local/domain/N/target)."""
+    if other is None:
+        return False
+    if domid == other:
+        return True
+    vm = xs.read(f"/local/domain/{domid}/vm")
+    if vm is not None and vm == xs.read(f"/local/domain/{other}/vm"):
+        return True
+    target = xs.read(f"/local/domain/{domid}/target")
+    other_target = xs.read(f"/local/domain/{other}/target")
+    return target == str(other) or other_target == str(domid) or (
+        target is not None and target == other_target)

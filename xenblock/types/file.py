@@ -1,0 +1,45 @@
+"""block-file: an image file through a loop device, or a block device itself.
+
+The drop-in for Xen's `block` script: target= is the path.
+"""
+import errno
+import os
+
+from .. import loop
+from ..blockdev import Device
+from ..errors import HotplugError
+from ..source import resolve
+
+
+def parse(target):
+    path = target.strip()
+    if not path:
+        raise HotplugError("empty target: give the path of an image file or block device")
+    return path
+
+
+def check(path, request):
+    return resolve(path, request.writable)
+
+
+def attach(source, request, build):
+    if source.devnum is not None:
+        return Device(source.path, source.devnum, "block device")
+    backing = _open_backing(source.path, request.writable)
+    try:
+        device = build.loop_device(backing, read_only=not request.writable)
+    finally:
+        os.close(backing)  # the loop device holds its own reference
+    mode = "read-write" if request.writable else "read-only"
+    io = "direct I/O" if loop.direct_io_active(device) else "buffered I/O"
+    return Device(device.node, device.devnum, f"{mode}, {io}")
+
+
+def _open_backing(path, writable):
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+    try:
+        return os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.EROFS:
+            raise HotplugError(f"{path}: on a read-only file system; use access=r") from None
+        raise HotplugError(f"{path}: cannot open {'read-write' if writable else 'read-only'}: {e.strerror}") from None
