@@ -1,0 +1,318 @@
+"""Hotplug contract cases for block-file, run by both tiers.
+
+Each test gets `driver` (tests.support.driver.Driver) and `images` (a
+factory of image files) from its tier's conftest, and must leave nothing:
+the tier's fixtures check for loop devices and state files left behind.
+"""
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from xenblock import loop
+from xenblock.blockdev import Devnum
+
+# Domain ids far above what the test VM's guests get.
+DOM_A, DOM_B, DOM_C = 30001, 30002, 30003
+
+
+def physical(driver, key):
+    return Devnum.parse(driver.read(f"{key}/physical-device"), base=16)
+
+
+def loops_of(path):
+    return [node for node, _, _ in loop.backed_by(os.stat(path))]
+
+
+def assert_failed(result, driver, key, *words):
+    assert result.returncode == 1, result.stderr
+    error = driver.read(f"{key}/hotplug-error")
+    for word in words:
+        assert word in error, error
+    assert driver.read(f"{key}/hotplug-status") == "error"
+    assert driver.read(f"{key}/physical-device") is None
+    return error
+
+
+def test_add_serves_the_image_through_a_loop_device_and_remove_takes_it_down(driver, images):
+    path = images("a.img", b"first sector of a")
+    key = driver.backend(path)
+    result = driver.add(key)
+    assert result.returncode == 0, result.stderr
+    node = driver.read(f"{key}/physical-device-path")
+    assert loops_of(path) == [node]
+    assert physical(driver, key) == Devnum.of_rdev(os.stat(node).st_rdev)
+    assert driver.read(f"{key}/hotplug-status") == "connected"
+    with open(node, "rb") as f:
+        assert f.read(17) == b"first sector of a"
+    assert driver.remove(key).returncode == 0
+    assert loops_of(path) == []
+    assert driver.state_files() == []
+
+
+def test_read_only_mode_gives_a_read_only_device(driver, images):
+    path = images("ro.img")
+    key = driver.backend(path, mode="r")
+    assert driver.add(key).returncode == 0
+    assert loop.status(driver.read(f"{key}/physical-device-path")).read_only
+    assert driver.remove(key).returncode == 0
+
+
+def test_add_twice_changes_nothing(driver, images):
+    path = images("twice.img")
+    key = driver.backend(path)
+    assert driver.add(key).returncode == 0
+    first = driver.read(f"{key}/physical-device")
+    assert driver.add(key).returncode == 0
+    assert driver.read(f"{key}/physical-device") == first
+    assert len(loops_of(path)) == 1
+    assert driver.remove(key).returncode == 0
+
+
+def test_remove_of_nothing_and_remove_twice_succeed(driver, images):
+    key = driver.backend(images("never.img"))
+    assert driver.remove(key).returncode == 0
+    assert driver.add(key).returncode == 0
+    assert driver.remove(key).returncode == 0
+    assert driver.remove(key).returncode == 0
+    assert driver.state_files() == []
+
+
+def test_remove_works_after_the_backend_nodes_are_gone(driver, images):
+    path = images("gone.img")
+    key = driver.backend(path)
+    assert driver.add(key).returncode == 0
+    driver.destroy_backend(key)
+    assert driver.remove(key).returncode == 0
+    assert loops_of(path) == []
+    assert driver.read(key) is None, "remove must not re-create backend nodes"
+
+
+def test_xend_names_create_and_destroy_work(driver, images):
+    path = images("xend.img")
+    key = driver.backend(path)
+    assert driver.run("create", key).returncode == 0
+    assert len(loops_of(path)) == 1
+    assert driver.run("destroy", key).returncode == 0
+    assert loops_of(path) == []
+
+
+def test_missing_image_names_the_path_and_leaves_nothing(driver, images):
+    path = os.path.join(os.path.dirname(images("here.img")), "missing.img")
+    key = driver.backend(path)
+    result = driver.add(key)
+    assert_failed(result, driver, key, path, "no such file")
+    assert driver.state_files() == []
+    assert path in result.stderr or driver.env.get("XENBLOCK_STDERR_IS_LOG")
+
+
+def test_read_only_file_asked_for_writing_is_refused(driver, images):
+    path = images("locked.img", mode=0o444)
+    key = driver.backend(path, mode="w")
+    assert_failed(driver.add(key), driver, key, path, "read-only", "access=r")
+    assert driver.state_files() == []
+
+
+def test_a_second_writer_from_another_guest_is_refused(driver, images):
+    path = images("shared.img")
+    first = driver.backend(path, frontend_id=DOM_A)
+    second = driver.backend(path, frontend_id=DOM_B)
+    assert driver.add(first).returncode == 0
+    assert_failed(driver.add(second), driver, second, path, "read-write", f"domain {DOM_A}")
+    assert len(loops_of(path)) == 1
+    assert driver.remove(second).returncode == 0
+    assert driver.remove(first).returncode == 0
+    assert driver.add(second).returncode == 0, "free again once the first is gone"
+    assert driver.remove(second).returncode == 0
+
+
+def test_readers_share_but_a_writer_and_a_reader_do_not(driver, images):
+    path = images("readers.img")
+    readers = [driver.backend(path, mode="r", frontend_id=d) for d in (DOM_A, DOM_B)]
+    writer = driver.backend(path, mode="w", frontend_id=DOM_C)
+    for key in readers:
+        assert driver.add(key).returncode == 0
+    assert_failed(driver.add(writer), driver, writer, "read-only", "refusing read-write")
+    for key in readers:
+        assert driver.remove(key).returncode == 0
+    assert driver.add(writer).returncode == 0
+    late_reader = driver.backend(path, mode="r", frontend_id=DOM_A)
+    assert_failed(driver.add(late_reader), driver, late_reader, "already in use read-write")
+    for key in (writer, late_reader):
+        assert driver.remove(key).returncode == 0
+
+
+def test_same_vm_and_stub_domain_may_share_a_writable_image(driver, images):
+    path = images("migrating.img")
+    driver.write(f"/local/domain/{DOM_A}/vm", "/vm/xenblock-test-uuid")
+    driver.write(f"/local/domain/{DOM_B}/vm", "/vm/xenblock-test-uuid")
+    driver.write(f"/local/domain/{DOM_C}/target", str(DOM_A))
+    try:
+        keys = [driver.backend(path, frontend_id=d) for d in (DOM_A, DOM_B, DOM_C)]
+        for key in keys:
+            assert driver.add(key).returncode == 0, driver.read(f"{key}/hotplug-error")
+        for key in keys:
+            assert driver.remove(key).returncode == 0
+    finally:
+        for domid in (DOM_A, DOM_B, DOM_C):
+            driver.delete(f"/local/domain/{domid}")
+
+
+def test_an_image_bound_read_write_by_someone_else_is_refused(driver, images):
+    path = images("foreign.img")
+    fd = os.open(path, os.O_RDWR)
+    foreign = loop.attach(fd, False, False, path[-60:], lambda number: None)
+    os.close(fd)
+    try:
+        key = driver.backend(path, mode="r")
+        assert_failed(driver.add(key), driver, key, foreign.node, "not set up by xenblock")
+    finally:
+        loop.detach(foreign.node, foreign.diskseq, path[-60:])
+
+
+def test_a_block_device_is_passed_through(driver, images):
+    path = images("under.img")
+    fd = os.open(path, os.O_RDWR)
+    mark = "xenblock-test-blockdev"
+    device = loop.attach(fd, False, False, mark, lambda number: None)
+    os.close(fd)
+    try:
+        key = driver.backend(device.node, frontend_id=DOM_A)
+        assert driver.add(key).returncode == 0
+        assert physical(driver, key) == device.devnum
+        assert driver.read(f"{key}/physical-device-path") == device.node
+        other = driver.backend(device.node, frontend_id=DOM_B)
+        assert_failed(driver.add(other), driver, other, device.node, f"domain {DOM_A}")
+        assert driver.remove(key).returncode == 0
+        assert loop.status(device.node) is not None, "a passed-through device is not ours to remove"
+    finally:
+        loop.detach(device.node, device.diskseq, mark)
+
+
+def test_a_vanished_backends_leftovers_do_not_block_the_next_guest(driver, images):
+    # pygrub: the disk is attached to dom0, then to the guest. If the first
+    # remove never ran (its backend went first), the second add cleans up.
+    path = images("pygrub.img")
+    first = driver.backend(path, frontend_id=0)
+    assert driver.add(first).returncode == 0
+    driver.destroy_backend(first)
+    second = driver.backend(path, frontend_id=DOM_A)
+    assert driver.add(second).returncode == 0, driver.read(f"{second}/hotplug-error")
+    assert len(loops_of(path)) == 1
+    assert driver.remove(second).returncode == 0
+    assert loops_of(path) == []
+    assert driver.state_files() == []
+
+
+KILL_AFTER_BIND = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from xenblock import loop
+real = loop.attach
+def attach_then_die(*args, **kwargs):
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # libxl's timeout, at the worst moment
+loop.attach = attach_then_die
+from xenblock.hotplug import main
+sys.exit(main([{script!r}, "add"], os.environ))
+"""
+
+
+def add_killed_after_bind(driver, key):
+    script = os.path.join(driver.script_dir, "block-file")
+    code = KILL_AFTER_BIND.format(root=os.environ.get("XENBLOCK_SOURCE", os.getcwd()), script=script)
+    environ = {**os.environ, **driver.env, "XENBUS_PATH": key}
+    result = subprocess.run([sys.executable, "-c", code], env=environ, stdin=subprocess.DEVNULL,
+                            capture_output=True, timeout=60)
+    assert result.returncode == -signal.SIGKILL
+
+
+def test_remove_undoes_an_add_killed_right_after_binding(driver, images):
+    path = images("killed.img")
+    key = driver.backend(path)
+    add_killed_after_bind(driver, key)
+    assert len(loops_of(path)) == 1, "the kill came after the bind"
+    assert driver.remove(key).returncode == 0
+    assert loops_of(path) == []
+    assert driver.state_files() == []
+
+
+def test_add_after_a_killed_add_replaces_its_leftovers(driver, images):
+    path = images("retry.img")
+    key = driver.backend(path)
+    add_killed_after_bind(driver, key)
+    assert driver.add(key).returncode == 0
+    assert loops_of(path) == [driver.read(f"{key}/physical-device-path")]
+    assert driver.remove(key).returncode == 0
+    assert loops_of(path) == []
+
+
+def test_concurrent_adds_of_many_disks_all_succeed(driver, images):
+    keys = [driver.backend(images(f"many{i}.img"), frontend_id=DOM_A) for i in range(6)]
+    results = run_concurrently(driver, "add", keys)
+    assert [r.returncode for r in results] == [0] * 6, [r.stderr for r in results]
+    devices = {driver.read(f"{key}/physical-device") for key in keys}
+    assert len(devices) == 6
+    assert [r.returncode for r in run_concurrently(driver, "remove", keys)] == [0] * 6
+    assert driver.state_files() == []
+
+
+def test_concurrent_writers_of_one_image_one_wins(driver, images):
+    path = images("contended.img")
+    keys = [driver.backend(path, frontend_id=DOM_A + i) for i in range(4)]
+    results = run_concurrently(driver, "add", keys)
+    assert sorted(r.returncode for r in results) == [0, 1, 1, 1]
+    assert len(loops_of(path)) == 1
+    for key in keys:
+        assert driver.remove(key).returncode == 0
+    assert loops_of(path) == []
+
+
+def run_concurrently(driver, command, keys):
+    results = [None] * len(keys)
+
+    def one(index):
+        results[index] = driver.run(command, keys[index])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(keys))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_a_script_named_for_an_unknown_type_says_so(driver, images, tmp_path):
+    os.symlink(os.path.join(driver.script_dir, "block-file"), tmp_path / "block-nosuch")
+    key = driver.backend(images("any.img"), script="block-nosuch")
+    result = subprocess.run([str(tmp_path / "block-nosuch"), "add"], stdin=subprocess.DEVNULL,
+                            env={**os.environ, **driver.env, "XENBUS_PATH": key},
+                            capture_output=True, text=True, timeout=60)
+    assert_failed(result, driver, key, "unknown disk type 'nosuch'", "block-file")
+
+
+def test_without_a_command_or_path_the_script_explains_itself(driver):
+    script = os.path.join(driver.script_dir, "block-file")
+    for argv, env in (([script], {"XENBUS_PATH": "x/y"}), ([script, "add"], {}), ([script, "bogus"], {"XENBUS_PATH": "x/y"})):
+        result = subprocess.run(argv, env={**os.environ, **driver.env, **env}, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1
+        assert "usage:" in result.stderr
+
+
+def test_the_log_has_one_line_per_add_and_remove(driver, images):
+    path = images("logged.img")
+    key = driver.backend(path, frontend_id=DOM_A)
+    with open(driver.log_file, "a"):
+        pass
+    start = os.path.getsize(driver.log_file)
+    assert driver.add(key).returncode == 0
+    node = driver.read(f"{key}/physical-device-path")
+    assert driver.remove(key).returncode == 0
+    with open(driver.log_file) as f:
+        f.seek(start)
+        lines = [line for line in f.read().splitlines() if key in line]
+    assert len(lines) == 2, lines
+    assert f"add {key}: {path} -> {node}" in lines[0] and f"domain {DOM_A}" in lines[0]
+    assert f"remove {key}: took down {path} ({node}) of domain {DOM_A}" in lines[1]

@@ -1,0 +1,79 @@
+"""Drive hotplug scripts the way libxl does: backend nodes, environment, add/remove.
+
+One driver serves both tiers: on the host it points at the xenstored double
+and the checkout's scripts; in the Xen VM at the real xenstored and the
+scripts installed in /etc/xen/scripts. The test cases do not know which.
+"""
+import itertools
+import os
+import subprocess
+from dataclasses import dataclass, field
+
+import pyxs
+
+_devids = itertools.count(51712, 16)
+
+
+@dataclass
+class Driver:
+    client: pyxs.Client  # connected
+    script_dir: str
+    env: dict  # added to the scripts' environment
+    state_dir: str
+    log_file: str
+    prefix: str  # backend directories live under here
+    keys: list = field(default_factory=list)
+
+    def read(self, key, default=None):
+        try:
+            return self.client.read(key.encode()).decode()
+        except pyxs.PyXSError:
+            return default
+
+    def write(self, key, value):
+        self.client.write(key.encode(), str(value).encode())
+
+    def delete(self, key):
+        try:
+            self.client.delete(key.encode())
+        except pyxs.PyXSError:
+            pass
+
+    def backend(self, target, mode="w", frontend_id=0, script="block-file"):
+        """Create a backend directory as libxl does before running add; returns its key."""
+        key = f"{self.prefix}/{frontend_id}/{next(_devids)}"
+        nodes = {"params": target, "mode": mode, "frontend-id": frontend_id, "script": script,
+                 "state": 2, "type": "phy", "device-type": "disk", "online": 1}
+        for name, value in nodes.items():
+            self.write(f"{key}/{name}", value)
+        self.keys.append(key)
+        return key
+
+    def run(self, command, key, script="block-file", env=None):
+        environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env,
+                   "XENBUS_TYPE": "vbd", "XENBUS_PATH": key, "XENBUS_BASE_PATH": "backend",
+                   "script": os.path.join(self.script_dir, script), **(env or {})}
+        return subprocess.run([os.path.join(self.script_dir, script), command], env=environ,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+
+    def add(self, key, **kw):
+        return self.run("add", key, **kw)
+
+    def remove(self, key, **kw):
+        return self.run("remove", key, **kw)
+
+    def destroy_backend(self, key):
+        """What libxl does after remove: the backend directory goes."""
+        self.delete(key)
+
+    def state_files(self):
+        """Every file under the state directory (records, locks, udev markers)."""
+        found = []
+        for directory, _, files in os.walk(self.state_dir):
+            found += [os.path.join(directory, name) for name in files]
+        return sorted(found)
+
+    def cleanup(self):
+        for key in self.keys:
+            self.remove(key)
+            self.delete(key)
