@@ -1,0 +1,102 @@
+"""What a test could leave behind in dom0, like OSSTest's ts-leak-check.
+
+An inventory is a dict of sets; the difference of two names every new thing:
+xenstore nodes, loop devices, device-mapper devices, logical volumes, nbd
+connections, processes, files under /run, domains.
+"""
+import glob
+import os
+import subprocess
+import time
+
+# Paths under /run that change by themselves, not through anything a test
+# leaves: udev's database follows devices (checked directly above), and
+# xenstored's and xenconsoled's own pid/socket files.
+RUN_EXCLUDED = ("/run/udev/", "/run/lvm/", "/run/xenstored/", "/run/xen/")
+
+
+def take(xs_client):
+    return {
+        "xenstore": _xenstore_paths(xs_client),
+        "loop devices": _bound_loops(),
+        "dm devices": _lines(["dmsetup", "ls"], ignore="No devices found"),
+        "logical volumes": _lines(["lvs", "--noheadings", "-o", "vg_name,lv_name"]),
+        "nbd connections": {p for p in glob.glob("/sys/block/nbd*/pid")},
+        "processes": _processes(),
+        "files under /run": _run_files(),
+        "domains": _lines(["xl", "list"]),
+    }
+
+
+def difference(before, after):
+    """Only what is new: a test may tear down what was there before."""
+    return {name: sorted(after[name] - before[name]) for name in after if after[name] - before[name]}
+
+
+def wait_for_quiet(timeout=60):
+    """Domains being destroyed still hold devices: wait until only dom0 is left
+    and udev has handled every event, before taking the after-inventory."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listing = _lines(["xl", "list"])
+        if len(listing) <= 2:  # header and Domain-0
+            break
+        time.sleep(0.5)
+    subprocess.run(["udevadm", "settle", "--timeout=30"], check=False)
+
+
+def _xenstore_paths(client):
+    found = set()
+    stack = [b"/"]
+    while stack:
+        path = stack.pop()
+        found.add(path.decode())
+        try:
+            children = client.list(path)
+        except Exception:
+            continue  # removed meanwhile
+        stack += [(path.rstrip(b"/") + b"/" + child) for child in children]
+    return found
+
+
+def _bound_loops():
+    found = set()
+    for backing in glob.glob("/sys/block/loop*/loop/backing_file"):
+        with open(backing) as f:
+            found.add(f"{backing.split('/')[3]} -> {f.read().strip()}")
+    return found
+
+
+def _lines(argv, ignore=None):
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    return {line.strip() for line in result.stdout.splitlines()
+            if line.strip() and (ignore is None or ignore not in line)}
+
+
+def _processes():
+    """Long-lived processes by command line (pids of short-lived ones differ)."""
+    me = os.getpid()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        # Kernel threads have no command line; udev forks workers that come
+        # and go by themselves.
+        if cmdline and "udevd" not in cmdline:
+            found.add(f"{entry} {cmdline}")
+    return found
+
+
+def _run_files():
+    found = set()
+    for directory, _, files in os.walk("/run"):
+        for name in files:
+            path = os.path.join(directory, name)
+            if not path.startswith(RUN_EXCLUDED):
+                found.add(path)
+    return found

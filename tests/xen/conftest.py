@@ -1,0 +1,54 @@
+"""VM tier: runs in dom0 of a real Xen host (tools/test boots it in QEMU).
+
+The scripts are the installed ones in /etc/xen/scripts, talking to the real
+xenstored; `xl` runs them for real guests. Every test is wrapped in a leak
+check: an inventory of dom0 before and after, and anything new fails it.
+"""
+import os
+
+import pyxs
+import pytest
+
+from tests.support import inventory
+from tests.support.driver import Driver
+from tests.support.fixtures import images  # noqa: F401 (a fixture)
+
+SCRIPT_DIR = "/etc/xen/scripts"
+
+
+def pytest_configure(config):
+    try:
+        with open("/proc/xen/capabilities") as f:
+            in_dom0 = "control_d" in f.read()
+    except OSError:
+        in_dom0 = False
+    if not in_dom0:
+        pytest.exit("tests/xen runs in dom0 of the Xen VM: use tools/test, which boots it", returncode=2)
+
+
+@pytest.fixture(scope="session")
+def xs_client():
+    client = pyxs.Client(unix_socket_path="/run/xenstored/socket")
+    client.connect()
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def leak_check(xs_client):
+    before = inventory.take(xs_client)
+    yield
+    inventory.wait_for_quiet()
+    leaked = inventory.difference(before, inventory.take(xs_client))
+    assert not leaked, f"left behind: {leaked}"
+
+
+@pytest.fixture
+def driver(xs_client):
+    made = Driver(xs_client, SCRIPT_DIR, {"PATH": os.environ["PATH"]}, "/run/xenblock",
+                  "/var/log/xen/xen-hotplug.log", "xenblock-test/vbd")
+    try:
+        yield made
+    finally:
+        made.cleanup()
+        made.delete("/local/domain/0/xenblock-test")

@@ -1,0 +1,148 @@
+"""block-file as xl uses it: real blkback, real guests."""
+import os
+import subprocess
+import time
+
+from tests.xen.xl import disk, run_guest, config, xl, wait_gone
+
+MARK = b"xenblock-guest-marker"
+
+
+def read_at(path, offset, size):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def wait_for(path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.2)
+
+
+def test_block_attach_to_dom0_reads_back_the_image(images):
+    path = images("dom0.img", MARK)
+    result = xl("block-attach", "0", disk(path, vdev="xvdb"))
+    assert result.returncode == 0, result.stderr
+    try:
+        wait_for("/dev/xvdb")
+        assert read_at("/dev/xvdb", 0, len(MARK)) == MARK
+    finally:
+        assert xl("block-detach", "0", "xvdb").returncode == 0
+
+
+def test_guest_reads_and_writes_its_image(images, tmp_path):
+    path = images("rw.img", MARK)
+    snippet = (f"head -c {len(MARK)} /dev/xvda; echo; "
+               "echo written-by-guest | dd of=/dev/xvda bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null; "
+               "echo write-status $?")
+    lines, status = run_guest(tmp_path, [disk(path)], snippet)
+    assert status == 0, lines
+    assert lines[0] == MARK.decode()
+    assert "write-status 0" in lines
+    assert read_at(path, 2048 * 512, 16) == b"written-by-guest"
+
+
+def test_read_only_guest_cannot_write(images, tmp_path):
+    path = images("ro.img", MARK)
+    before = open(path, "rb").read()
+    snippet = (f"head -c {len(MARK)} /dev/xvda; echo; cat /sys/block/xvda/ro; "
+               "echo x | dd of=/dev/xvda bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null; "
+               "echo write-status $?")
+    lines, status = run_guest(tmp_path, [disk(path, access="r")], snippet)
+    assert lines[0] == MARK.decode()
+    assert lines[1] == "1", "blkfront must see a read-only disk"
+    assert "write-status 0" not in lines
+    assert open(path, "rb").read() == before
+
+
+def test_second_guest_writing_the_same_image_is_refused(images, tmp_path):
+    path = images("twice.img")
+    first, first_cfg = config(tmp_path, [disk(path)])
+    assert xl("create", "-p", first_cfg).returncode == 0  # paused: its disks are attached
+    try:
+        second, second_cfg = config(tmp_path, [disk(path)])
+        result = xl("create", second_cfg)
+        assert result.returncode != 0
+        output = result.stdout + result.stderr
+        assert path in output and "already in use read-write" in output, output
+        wait_gone(second)
+    finally:
+        xl("destroy", first)
+        wait_gone(first)
+
+
+def test_missing_image_fails_xl_create_naming_the_path(tmp_path):
+    path = str(tmp_path / "no-such.img")
+    name, cfg = config(tmp_path, [disk(path)])
+    result = xl("create", cfg)
+    assert result.returncode != 0
+    assert f"{path}: no such file or block device" in result.stdout + result.stderr
+    wait_gone(name)
+
+
+def test_read_only_file_asked_for_writing_fails_xl_create(images, tmp_path):
+    path = images("locked.img", mode=0o444)
+    name, cfg = config(tmp_path, [disk(path)])
+    result = xl("create", cfg)
+    assert result.returncode != 0
+    assert f"{path}: file is read-only" in result.stdout + result.stderr
+    wait_gone(name)
+
+
+def test_dom0_attach_then_guest_attach_like_pygrub(images, tmp_path):
+    # pygrub attaches each disk to dom0, detaches it, then the guest gets it.
+    path = images("boot.img", MARK)
+    assert xl("block-attach", "0", disk(path, vdev="xvdc")).returncode == 0
+    wait_for("/dev/xvdc")
+    assert read_at("/dev/xvdc", 0, len(MARK)) == MARK
+    assert xl("block-detach", "0", "xvdc").returncode == 0
+    lines, status = run_guest(tmp_path, [disk(path)], f"head -c {len(MARK)} /dev/xvda; echo")
+    assert lines[0] == MARK.decode()
+
+
+def test_block_device_is_passed_through_to_a_guest(images, tmp_path):
+    path = images("under.img", MARK)
+    node = subprocess.run(["losetup", "--find", "--show", path], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    try:
+        lines, status = run_guest(tmp_path, [disk(node)], f"head -c {len(MARK)} /dev/xvda; echo")
+        assert lines[0] == MARK.decode()
+    finally:
+        subprocess.run(["losetup", "-d", node], check=True)
+
+
+def test_dom0_does_not_activate_a_volume_group_inside_a_guest_disk(images, tmp_path):
+    path = images("lvm-inside.img", size=64 << 20)
+    vg = f"xbguestvg{os.getpid()}"
+    node = subprocess.run(["losetup", "--find", "--show", path], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    try:
+        for argv in (["pvcreate", "-q", node], ["vgcreate", "-q", vg, node],
+                     ["lvcreate", "-q", "-an", "-L", "8M", "-n", "inner", vg], ["vgchange", "-q", "-an", vg]):
+            subprocess.run(argv, check=True, capture_output=True)
+    finally:
+        subprocess.run(["losetup", "-d", node], check=True)
+    subprocess.run(["udevadm", "settle"], check=False)
+    # A paused guest: its disk is attached, and no frontend in dom0 shows it.
+    name, cfg = config(tmp_path, [disk(path)])
+    assert xl("create", "-p", cfg).returncode == 0
+    try:
+        subprocess.run(["udevadm", "settle"], check=False)
+        dm = subprocess.run(["dmsetup", "ls"], capture_output=True, text=True).stdout
+        assert vg not in dm, f"dom0 activated the guest's volume group: {dm}"
+        info = subprocess.run(["udevadm", "info", "--query=property", _loop_of(path)],
+                              capture_output=True, text=True).stdout
+        assert "XENBLOCK_GUEST_DISK=1" in info and "ID_FS_TYPE=LVM2_member" not in info, info
+    finally:
+        xl("destroy", name)
+        wait_gone(name)
+    subprocess.run(["pvscan", "--cache"], capture_output=True)
+
+
+def _loop_of(path):
+    from xenblock import loop
+    nodes = [node for node, _, _ in loop.backed_by(os.stat(path))]
+    assert len(nodes) == 1, nodes
+    return nodes[0]
