@@ -7,7 +7,7 @@ the teardown record afterwards: one list, never two places.
 """
 import os
 
-from . import locks, loop
+from . import loop
 
 class Build:
     def __init__(self, state, record, config):
@@ -24,7 +24,7 @@ class Build:
     def save(self):
         self.state.save(self.record)
 
-    def loop_device(self, backing_fd, read_only):
+    def loop_device(self, backing_fd, read_only, direct_io):
         step = self.intend("loop", mark=loop.mark_for(self.record["key"]))
 
         def before_bind(number):
@@ -32,10 +32,8 @@ class Build:
             self.save()
             _write_marker(self.state.marker_dir, number, step["mark"])
 
-        # Serialises xenblock's own binds only (microseconds), so two of our
-        # runs never write a udev marker for the same free device at once.
-        with locks.held(self.state.lock_path("loop-alloc"), self.config.lock_timeout):
-            device = loop.attach(backing_fd, read_only, self.config.direct_io, step["mark"], before_bind)
+        device = loop.attach(backing_fd, read_only, direct_io, step["mark"], before_bind,
+                             self.config.lock_timeout)
         step.update(node=device.node, diskseq=device.diskseq, devnum=str(device.devnum))
         self.save()
         return device

@@ -5,6 +5,8 @@ undo the leftovers of an earlier add of the same backend that was killed;
 then check, refuse a conflicting sharer, build with a record, publish.
 remove: undo exactly what the record names; nothing recorded, nothing to do.
 """
+import contextlib
+import os
 from dataclasses import dataclass
 
 from . import locks, sharing
@@ -41,7 +43,7 @@ def add(ctx):
     record["image"] = source.image_id
     # Held from the sharing check until the record is saved: two adds of one
     # image cannot both see "no other user". Other images are not held up.
-    with locks.held(ctx.state.lock_path(f"image-{source.image_id}"), ctx.config.lock_timeout):
+    with _image_locked(source, ctx):
         _refuse_conflicts(source, request, ctx)
         device = _build(module, source, request, record, ctx)
     _publish(device, record, ctx)
@@ -65,6 +67,21 @@ def _type_module(disk_type):
     except KeyError:
         known = ", ".join(f"block-{name}" for name in sorted(TYPES))
         raise HotplugError(f"unknown disk type {disk_type!r}: this script must be one of {known}") from None
+
+
+@contextlib.contextmanager
+def _image_locked(source, ctx):
+    # The lock is a flock on the image itself: nothing to create or clean up.
+    # On a block device it is also what tells udev not to probe meanwhile.
+    try:
+        fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise HotplugError(f"{source.path}: cannot open: {e.strerror}") from None
+    try:
+        with locks.on_descriptor(fd, ctx.config.lock_timeout, source.path):
+            yield
+    finally:
+        os.close(fd)
 
 
 def _refuse_conflicts(source, request, ctx):

@@ -32,6 +32,17 @@ def held(path, timeout):
 
 
 @contextlib.contextmanager
+def on_descriptor(fd, timeout, what):
+    """Hold an exclusive flock on an open file (an image, a device node):
+    nothing is created, so a killed holder leaves nothing behind."""
+    _flock_within(fd, timeout, what)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def held_if_free(path):
     """Hold the lock at path if nobody does; yields whether it is held."""
     fd = _acquire(path, timeout=None)

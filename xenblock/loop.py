@@ -15,6 +15,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+from . import locks
 from .blockdev import Devnum, diskseq, read_attribute
 from .errors import HotplugError
 
@@ -67,24 +68,27 @@ def mark_for(key):
     return "xenblock:#" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
-def attach(backing_fd, read_only, direct_io, mark, before_bind):
+def attach(backing_fd, read_only, direct_io, mark, before_bind, lock_timeout=30):
     """Bind a free loop device to backing_fd; returns the Loop.
 
     before_bind(number) runs just before the bind is attempted (the caller
     writes its udev marker there); it may run more than once when another
-    process takes the free device first.
+    process takes the free device first. xenblock's own binds are serialised
+    by a flock on /dev/loop-control (microseconds each), so two of our runs
+    never prepare the same free device at once.
     """
     flags = (LO_FLAGS_READ_ONLY if read_only else 0) | (LO_FLAGS_DIRECT_IO if direct_io else 0)
     info = LOOP_INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, flags, mark.encode()[: NAME_SIZE - 1], b"", b"", 0, 0)
     config = LOOP_CONFIG.pack(backing_fd, LOGICAL_BLOCK_SIZE, info, *([0] * 8))
     control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
     try:
-        while True:
-            number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
-            before_bind(number)
-            if _configure(number, config):
-                devnum = Devnum(*_major_minor(number))
-                return Loop(number, devnum, diskseq(devnum))
+        with locks.on_descriptor(control, lock_timeout, "/dev/loop-control"):
+            while True:
+                number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+                before_bind(number)
+                if _configure(number, config):
+                    devnum = Devnum(*_major_minor(number))
+                    return Loop(number, devnum, diskseq(devnum))
     finally:
         os.close(control)
 

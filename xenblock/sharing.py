@@ -84,17 +84,23 @@ def _device_users(devnum):
 
 
 def same_vm(xs, domid, other):
-    """Whether two domains are one VM: equal, or sharing /local/domain/N/vm
-    (a migration's source and destination), or one the stub domain of the
-    other (/local/domain/N/target)."""
+    """Whether two domains are one VM, as Xen's block-common.sh decides: a
+    domain stands for its own VM (/local/domain/N/vm) and, when it is a stub
+    domain, for its target's (/local/domain/N/target). So the source and
+    destination of a migration are one VM, and so is a stub domain with its
+    guest and with its guest's migration twin."""
     if other is None:
         return False
     if domid == other:
         return True
-    vm = xs.read(f"/local/domain/{domid}/vm")
-    if vm is not None and vm == xs.read(f"/local/domain/{other}/vm"):
-        return True
+    mine, theirs = _vms_of(xs, domid), _vms_of(xs, other)
+    return bool(mine & theirs) or str(other) in mine or str(domid) in theirs
+
+
+def _vms_of(xs, domid):
+    """The VM paths a domain stands for, plus its target's domid."""
     target = xs.read(f"/local/domain/{domid}/target")
-    other_target = xs.read(f"/local/domain/{other}/target")
-    return target == str(other) or other_target == str(domid) or (
-        target is not None and target == other_target)
+    found = {xs.read(f"/local/domain/{domid}/vm")}
+    if target is not None:
+        found |= {target, xs.read(f"/local/domain/{target}/vm")}
+    return found - {None}

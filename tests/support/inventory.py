@@ -10,9 +10,10 @@ import subprocess
 import time
 
 # Paths under /run that change by themselves, not through anything a test
-# leaves: udev's database follows devices (checked directly above), and
-# xenstored's and xenconsoled's own pid/socket files.
-RUN_EXCLUDED = ("/run/udev/", "/run/lvm/", "/run/xenstored/", "/run/xen/")
+# leaves: udev's database follows devices (checked directly above); virtme
+# keeps the VM's writable /tmp, /etc, /var ... under /run/tmp (tests make
+# files in /tmp on purpose).
+RUN_EXCLUDED = ("/run/udev/", "/run/tmp/virtme_")
 
 
 def take(xs_client):
@@ -24,7 +25,7 @@ def take(xs_client):
         "nbd connections": {p for p in glob.glob("/sys/block/nbd*/pid")},
         "processes": _processes(),
         "files under /run": _run_files(),
-        "domains": _lines(["xl", "list"]),
+        "domains": {" ".join(line.split()[:2]) for line in _lines(["xl", "list"])},
     }
 
 
@@ -87,14 +88,18 @@ def _processes():
             continue
         # Kernel threads have no command line; udev forks workers that come
         # and go by themselves.
-        if cmdline and "udevd" not in cmdline:
+        if cmdline and "udevd" not in cmdline and "udev-worker" not in cmdline:
             found.add(f"{entry} {cmdline}")
     return found
 
 
 def _run_files():
+    """Files on /run's own file system (not the 9p shares mounted below it)."""
     found = set()
-    for directory, _, files in os.walk("/run"):
+    run_device = os.stat("/run").st_dev
+    for directory, subdirectories, files in os.walk("/run"):
+        subdirectories[:] = [d for d in subdirectories
+                             if os.lstat(os.path.join(directory, d)).st_dev == run_device]
         for name in files:
             path = os.path.join(directory, name)
             if not path.startswith(RUN_EXCLUDED):
