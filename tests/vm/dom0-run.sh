@@ -5,6 +5,7 @@
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PYTHONDONTWRITEBYTECODE=1  # the checkout is read-only here
 OUT=/run/xbout
+export XENBLOCK_OUT=$OUT  # the command may leave result files here
 mkdir -p $OUT /run/xbfast
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 xbout $OUT
 # The root share has no page cache (cache=none); a second, cached share of /

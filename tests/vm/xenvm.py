@@ -37,12 +37,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", default=os.path.join(BUILD, "out"))
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="set in dom0 before its set-up runs (e.g. XENSTORED_ARGS)")
     parser.add_argument("command", nargs="+")
     args = parser.parse_args(argv)
-    return run(" ".join(args.command), args.out, args.timeout)
+    extra = dict(item.split("=", 1) for item in args.env)
+    return run(" ".join(args.command), args.out, args.timeout, extra)
 
 
-def run(command, out, timeout):
+def run(command, out, timeout, extra_env=None):
     os.makedirs(out, exist_ok=True)
     for name in ("output.log", "status", "console.log"):
         _remove(os.path.join(out, name))
@@ -52,6 +55,7 @@ def run(command, out, timeout):
         "XENBLOCK_VENV": project_venv(),
         "XENBLOCK_GUEST_KERNEL": guest.kernel(),
         "XENBLOCK_GUEST_INITRD": guest.initramfs(),
+        **(extra_env or {}),
     }
     argv = qemu_argv(out, dom0_command(env, command))
     started = time.monotonic()
