@@ -122,7 +122,8 @@ def _run(wrap, script, command, key):
 
 def _set_other_vbds(client, count):
     """count other guests' vbds, each with a physical-device and a mode."""
-    client.delete(f"{BASE}/vbd".encode()) if client.exists(f"{BASE}/vbd".encode()) else None
+    if client.exists(f"{BASE}/vbd".encode()):
+        client.delete(f"{BASE}/vbd".encode())
     for i in range(count):
         key = f"{BASE}/vbd/{100 + i // 4}/{51712 + (i % 4) * 16}"
         client.write(f"{key}/physical-device".encode(), f"fd:{i:x}".encode())

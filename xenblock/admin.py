@@ -27,3 +27,7 @@ def list_records(config):
     if not records:
         print("no disks", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,12 +13,15 @@ import time
 # leaves: udev's database follows devices (checked directly above); virtme
 # keeps the VM's writable /tmp, /etc, /var ... under /run/tmp (tests make
 # files in /tmp on purpose).
-RUN_EXCLUDED = ("/run/udev/", "/run/tmp/virtme_")
+RUN_EXCLUDED = ("/run/udev/", "/run/tmp/virtme_", "/run/xen/domid-history")
+# libxl creates these the first time a domain starts and keeps them, empty,
+# for the next: toolstack state, not something a test leaves.
+XENSTORE_KEPT = {"/libxl", "/vm"}
 
 
 def take(xs_client):
     return {
-        "xenstore": _xenstore_paths(xs_client),
+        "xenstore": _xenstore_paths(xs_client) - XENSTORE_KEPT,
         "loop devices": _bound_loops(),
         "dm devices": _lines(["dmsetup", "ls"], ignore="No devices found"),
         "logical volumes": _lines(["lvs", "--noheadings", "-o", "vg_name,lv_name"]),

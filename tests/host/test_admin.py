@@ -1,0 +1,22 @@
+import subprocess
+import sys
+
+from xenblock.state import StateDir
+
+
+def test_xenblock_list_shows_each_record(tmp_path, capsys, monkeypatch):
+    state = StateDir(str(tmp_path / "run"))
+    state.save({"key": "backend/vbd/3/51712", "type": "file", "mode": "w", "state": "connected",
+                "target": "/srv/web.img", "steps": [{"undo": "loop", "node": "/dev/loop3"}]})
+    config = tmp_path / "x.conf"
+    config.write_text(f"[general]\nstate_dir = {tmp_path / 'run'}\n")
+    monkeypatch.setenv("XENBLOCK_CONFIG", str(config))
+    from xenblock import admin
+    assert admin.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert out == "backend/vbd/3/51712\tfile\tw\tconnected\t/dev/loop3\t/srv/web.img\n"
+
+
+def test_xenblock_without_a_subcommand_explains_itself():
+    result = subprocess.run([sys.executable, "-m", "xenblock.admin"], capture_output=True, text=True)
+    assert result.returncode != 0
