@@ -7,6 +7,7 @@ failure the script writes one hotplug-error line and hotplug-status=error
 and exits 1 (libxl reads the exit status, then logs hotplug-error).
 """
 import os
+import sys
 import time
 
 from . import config as config_module
@@ -26,7 +27,7 @@ def main(argv, environ):
     if command is None or not key:
         print(f"usage: XENBUS_PATH=<backend path> {program} add|remove\n"
               "(libxl runs this script for disks with script=; see xenblock's README)",
-              file=__import__("sys").stderr)
+              file=sys.stderr)
         return 1
     config = config_module.load(environ)
     log = Log(config, program)

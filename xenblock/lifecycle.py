@@ -34,6 +34,7 @@ def add(ctx):
         return f"already connected to {existing}, nothing to do"
     module = _type_module(ctx.disk_type)
     request = Request.read(ctx.xs, ctx.key)
+    ctx.log.debug(f"add {ctx.key}: {request}")
     leftover = ctx.state.load(ctx.key)
     if leftover is not None:
         teardown(leftover, ctx.state)
@@ -89,6 +90,7 @@ def _refuse_conflicts(source, request, ctx):
         ctx.log.info(f"{source.path}: mode {request.mode}: sharing check skipped on request")
         return
     user = sharing.conflicting_user(source, request, ctx)
+    ctx.log.debug(f"{source.path} ({source.image_id}): conflicting user: {user}")
     if user is not None:
         theirs = "read-write" if user.writable else "read-only"
         ours = "read-write" if request.writable else "read-only"
