@@ -36,6 +36,15 @@ def run_guest(tmp_path, disks, snippet, timeout=300):
     return lines, int(status[0])
 
 
+def create_fails(tmp_path, disks):
+    """xl create of a guest with these disks, expected to fail: xl's output."""
+    name, path = config(tmp_path, disks)
+    result = xl("create", path)
+    assert result.returncode != 0, f"xl create succeeded:\n{result.stdout}"
+    wait_gone(name)
+    return result.stdout + result.stderr
+
+
 def wait_gone(name, timeout=60):
     deadline = time.monotonic() + timeout
     while xl("domid", name).returncode == 0:
