@@ -3,7 +3,7 @@ import errno
 import glob
 import os
 import stat
-from dataclasses import dataclass
+from collections import namedtuple
 
 from .errors import HotplugError
 
@@ -11,10 +11,8 @@ SYS_DEV_BLOCK = "/sys/dev/block"
 XEN_BACKEND_VBDS = "/sys/bus/xen-backend/devices/vbd-*"
 
 
-@dataclass(frozen=True)
-class Devnum:
-    major: int
-    minor: int
+class Devnum(namedtuple("Devnum", "major minor")):
+    __slots__ = ()
 
     @classmethod
     def of_rdev(cls, rdev):
@@ -36,12 +34,9 @@ class Devnum:
         return os.path.join(SYS_DEV_BLOCK, str(self), *parts)
 
 
-@dataclass(frozen=True)
-class Device:
-    """What blkback is told to serve (physical-device and its path)."""
-    path: str
-    devnum: Devnum
-    detail: str = ""  # for the log line
+# What blkback is told to serve (physical-device and its path); detail is
+# for the log line.
+Device = namedtuple("Device", "path devnum detail", defaults=("",))
 
 
 def devnum_of(path):

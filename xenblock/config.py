@@ -4,20 +4,15 @@ XENBLOCK_CONFIG names another file (tests use it); XENBLOCK_DEBUG=1 turns
 on debug logging without editing the file.
 """
 import configparser
-from dataclasses import dataclass
+from collections import namedtuple
 
 DEFAULT_PATH = "/etc/xenblock/xenblock.conf"
 TRUE_WORDS = ("1", "yes", "true", "on")
 
 
-@dataclass(frozen=True)
-class Config:
-    state_dir: str = "/run/xenblock"
-    log_file: str = "/var/log/xen/xen-hotplug.log"
-    debug: bool = False
-    syslog: bool = True
-    lock_timeout: float = 30.0
-    direct_io: bool = True
+Config = namedtuple(
+    "Config", "state_dir log_file debug syslog lock_timeout direct_io",
+    defaults=("/run/xenblock", "/var/log/xen/xen-hotplug.log", False, True, 30.0, True))
 
 
 def load(environ):

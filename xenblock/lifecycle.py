@@ -7,24 +7,18 @@ remove: undo exactly what the record names; nothing recorded, nothing to do.
 """
 import contextlib
 import os
-from dataclasses import dataclass
+from collections import namedtuple
 
-from . import locks, sharing
+from . import locks
 from .build import Build, teardown
 from .errors import HotplugError
 from .request import Request
 from .state import new_record
-from .types import TYPES
 
 
-@dataclass
-class Context:
-    key: str  # XENBUS_PATH
-    disk_type: str
-    xs: object  # xenstore.XenStore
-    state: object  # state.StateDir
-    config: object
-    log: object
+# One run's surroundings: key is XENBUS_PATH, xs the xenstore.XenStore,
+# state the state.StateDir.
+Context = namedtuple("Context", "key disk_type xs state config log")
 
 
 def add(ctx):
@@ -63,6 +57,7 @@ def remove(ctx):
 
 
 def _type_module(disk_type):
+    from .types import TYPES  # here, not at the top: remove never needs the types
     try:
         return TYPES[disk_type]
     except KeyError:
@@ -86,6 +81,7 @@ def _image_locked(source, ctx):
 
 
 def _refuse_conflicts(source, request, ctx):
+    from . import sharing  # add only
     if request.sharing_forced:
         ctx.log.info(f"{source.path}: mode {request.mode}: sharing check skipped on request")
         return

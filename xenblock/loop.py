@@ -13,7 +13,7 @@ import fcntl
 import os
 import struct
 import time
-from dataclasses import dataclass
+from collections import namedtuple
 
 from . import locks
 from .blockdev import Devnum, diskseq, read_attribute
@@ -40,23 +40,17 @@ LOGICAL_BLOCK_SIZE = 512
 CLEAR_RETRY_SECONDS = 3.0
 
 
-@dataclass(frozen=True)
-class Loop:
-    number: int
-    devnum: Devnum
-    diskseq: int | None
+class Loop(namedtuple("Loop", "number devnum diskseq")):
+    __slots__ = ()
 
     @property
     def node(self):
         return f"/dev/loop{self.number}"
 
 
-@dataclass(frozen=True)
-class Status:
-    backing_dev: int  # kernel encoding (new_encode_dev), see _kernel_dev
-    backing_ino: int
-    read_only: bool
-    mark: str
+# What LOOP_GET_STATUS64 tells; backing_dev in the kernel's encoding
+# (new_encode_dev), see _kernel_dev.
+Status = namedtuple("Status", "backing_dev backing_ino read_only mark")
 
 
 def mark_for(key):

@@ -1,15 +1,14 @@
 """What libxl asks for: the backend nodes of one disk, read once."""
-from dataclasses import dataclass
+from collections import namedtuple
 
 from .errors import HotplugError
 
 
-@dataclass(frozen=True)
-class Request:
-    key: str  # XENBUS_PATH, e.g. backend/vbd/3/51712
-    target: str  # params: the target= string, verbatim
-    mode: str  # "w" or "r"; "w!" is Xen's old "writable, sharing allowed"
-    frontend_id: int | None
+class Request(namedtuple("Request", "key target mode frontend_id")):
+    """key: XENBUS_PATH (backend/vbd/3/51712); target: params, the target=
+    string verbatim; mode: "w" or "r" ("w!" is Xen's old "writable, sharing
+    allowed"); frontend_id: the guest's domid, None if not given."""
+    __slots__ = ()
 
     @property
     def writable(self):

@@ -9,16 +9,13 @@ Users are found without scanning xenstore (which costs Xen's script one
 process per vbd): our own records, the loop devices bound to the same inode,
 blkback's sysfs entries, dom0's mounts and stacked devices.
 """
-from dataclasses import dataclass
+from collections import namedtuple
 
 from . import blockdev, build, locks, loop
 
 
-@dataclass(frozen=True)
-class User:
-    what: str
-    domid: int | None  # None: dom0 itself, or someone we cannot name
-    writable: bool
+# Someone using an image; domid None: dom0 itself, or someone we cannot name.
+User = namedtuple("User", "what domid writable")
 
 
 def conflicting_user(source, request, ctx):

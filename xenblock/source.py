@@ -1,7 +1,7 @@
 """What a target path names: an image file or a block device, and its identity."""
 import os
 import stat
-from dataclasses import dataclass
+from collections import namedtuple
 
 from .blockdev import Devnum, is_read_only
 from .errors import HotplugError
@@ -9,11 +9,10 @@ from .errors import HotplugError
 SECTOR = 512
 
 
-@dataclass(frozen=True)
-class Source:
-    path: str
-    stat: os.stat_result
-    devnum: Devnum | None  # set for a block device, None for a file
+class Source(namedtuple("Source", "path stat devnum")):
+    """stat: os.stat_result of path; devnum: set for a block device, None
+    for a file."""
+    __slots__ = ()
 
     @property
     def image_id(self):
