@@ -1,21 +1,40 @@
 """A small PV guest for tests: the dom0 kernel plus a busybox initramfs.
 
-Its /init loads xen-blkfront, runs a shell snippet given base64-encoded on
-the kernel command line (xbtest=...), prints each output line as
+The guest's /init mounts proc, sys and devtmpfs, loads xen-blkfront, waits
+for its disks (/dev/xvd*), runs a shell snippet given base64-encoded on the
+kernel command line (xbtest=...), prints each output line of it as
 "XBGUEST: <line>", then "XBGUEST-EXIT: <status>", and powers off.
-The initramfs is built on the host before the VM boots (XENBLOCK_GUEST_*
-tell dom0 where it is): building it under emulation would be slow.
+
+The initramfs is built on the host before the VM boots (xenvm.py passes
+XENBLOCK_GUEST_KERNEL and XENBLOCK_GUEST_INITRD into dom0): building it
+under emulation would be slow, and the checkout is read-only there.
+
+As a module (in dom0):
+    guest.write_config("/tmp/g.cfg", "g1", ["vdev=xvda,access=w,target=/tmp/disk.img"],
+                       "head -c 40 /dev/xvda")
+    xl create -c /tmp/g.cfg        # prints XBGUEST: lines, then XBGUEST-EXIT: 0
+
+As a CLI:
+    python3 tests/vm/guest.py initramfs           # build if needed, print its path
+    python3 tests/vm/guest.py config PATH NAME --disk SPEC [--disk SPEC ...] --snippet SH [--memory MB]
 """
+import argparse
 import base64
 import glob
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, "build", "vm")
+BUSYBOX = "/bin/busybox"  # Debian's busybox-static: no shared libraries to copy
 MODULES = ("xen-blkfront",)
+# Xen copies a PV guest's command line into start_info.cmd_line, 1024 bytes
+# with the NUL (MAX_GUEST_CMDLINE), and silently cuts what is longer.
+MAX_CMDLINE = 1023
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -23,68 +42,145 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in /lib/*.ko; do insmod "$m"; done
+# Modules in dependency order (listed by the host when it built this image).
+for m in $(cat /lib/modules.order); do insmod "/lib/$m"; done
+# xenbus lists the vbds before blkfront binds them: wait until each has its
+# disk, at most 20 s (a guest with no disk does not wait at all).
+want=$(ls -d /sys/bus/xen/devices/vbd-* 2>/dev/null | wc -l)
 i=0
-while ! ls /dev/xvd* >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done
+while [ "$(ls -d /sys/block/xvd* 2>/dev/null | wc -l)" -lt "$want" ] && [ $i -lt 100 ]; do
+    sleep 0.2; i=$((i+1))
+done
 snippet=$(sed -n 's/.*xbtest=\([^ ]*\).*/\1/p' /proc/cmdline | base64 -d)
-sh -c "$snippet" >/tmp/out 2>&1
-status=$?
-sed 's/^/XBGUEST: /' /tmp/out
-echo "XBGUEST-EXIT: $status"
+# Stream the lines as they come (a hanging snippet still shows how far it got).
+{ sh -c "$snippet" </dev/null 2>&1; echo $? >/tmp/status; } |
+    while IFS= read -r line || [ -n "$line" ]; do echo "XBGUEST: $line"; done
+echo "XBGUEST-EXIT: $(cat /tmp/status)"
 sync
 poweroff -f
 """
 
 
 def kernel():
-    """In dom0, the kernel the host chose; on the host, the newest one."""
-    return os.environ.get("XENBLOCK_GUEST_KERNEL") or sorted(glob.glob("/boot/vmlinuz-*"))[-1]
+    """The guest's kernel: in dom0 the one the host chose, on the host the newest in /boot."""
+    if os.environ.get("XENBLOCK_GUEST_KERNEL"):
+        return os.environ["XENBLOCK_GUEST_KERNEL"]
+    kernels = sorted(glob.glob("/boot/vmlinuz-*"), key=_version_key)
+    if not kernels:
+        sys.exit("guest: no /boot/vmlinuz-*: install linux-image-amd64")
+    return kernels[-1]
+
+
+def kernel_version(path=None):
+    return os.path.basename(path or kernel()).removeprefix("vmlinuz-")
 
 
 def initramfs():
+    """The guest's initramfs: in dom0 the host's (XENBLOCK_GUEST_INITRD), on the host built if stale."""
     if os.environ.get("XENBLOCK_GUEST_INITRD"):
         return os.environ["XENBLOCK_GUEST_INITRD"]
-    version = os.path.basename(kernel()).removeprefix("vmlinuz-")
+    version = kernel_version()
     path = os.path.join(BUILD, f"guest-initramfs-{version}.img")
-    if not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(__file__):
-        _build(version, path)
+    modules = _modules(version)
+    inputs = [__file__, BUSYBOX, *modules]
+    if not os.path.exists(path) or any(os.path.getmtime(i) > os.path.getmtime(path) for i in inputs):
+        _build(path, modules)
     return path
 
 
-def _build(version, path):
-    os.makedirs(BUILD, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tree:
-        for directory in ("bin", "lib", "proc", "sys", "dev", "tmp"):
-            os.makedirs(os.path.join(tree, directory))
-        shutil.copy("/bin/busybox", os.path.join(tree, "bin", "busybox"))
-        for module in MODULES:
-            found = subprocess.run(["modinfo", "-k", version, "-n", module], capture_output=True,
-                                   text=True, check=True).stdout.strip()
-            shutil.copy(found, os.path.join(tree, "lib", os.path.basename(found)))
-        with open(os.path.join(tree, "init"), "w") as f:
-            f.write(INIT)
-        os.chmod(os.path.join(tree, "init"), 0o755)
-        files = subprocess.run("find . | cpio --quiet -o -H newc | gzip -1", shell=True, cwd=tree,
-                               capture_output=True, check=True).stdout
-    with open(path + ".tmp", "wb") as f:
-        f.write(files)
-    os.rename(path + ".tmp", path)
-
-
 def write_config(path, name, disks, snippet, memory=128):
-    """An xl config for the guest: disks verbatim, snippet run by its /init."""
-    encoded = base64.b64encode(snippet.encode()).decode()
+    """Write an xl config for a guest that runs snippet; disks are disk= entries, verbatim."""
+    extra = "console=hvc0 quiet xbtest=" + base64.b64encode(snippet.encode()).decode()
+    if len(extra) > MAX_CMDLINE:
+        raise ValueError(f"guest snippet too long: the kernel command line would be {len(extra)} "
+                         f"bytes, Xen keeps {MAX_CMDLINE} (keep the snippet under ~740 bytes)")
     lines = [
         f'name = "{name}"',
         'type = "pv"',
         f'kernel = "{kernel()}"',
         f'ramdisk = "{initramfs()}"',
-        f'extra = "console=hvc0 quiet xbtest={encoded}"',
+        f'extra = "{extra}"',
         f"memory = {memory}",
         "vcpus = 1",
         'on_poweroff = "destroy"',
         'on_crash = "destroy"',
-        "disk = [" + ", ".join(repr(d) for d in disks) + "]",
+        "disk = [" + ", ".join(_xl_string(d) for d in disks) + "]",
     ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _modules(version):
+    """Paths of MODULES and everything they depend on, dependencies first."""
+    ordered = []
+
+    def add(name):
+        path = _modinfo(version, "-n", name)
+        if path in ordered:
+            return
+        for dependency in filter(None, _modinfo(version, "-F", "depends", name).split(",")):
+            add(dependency)
+        ordered.append(path)
+
+    for module in MODULES:
+        add(module)
+    return ordered
+
+
+def _modinfo(version, *args):
+    return subprocess.run(["modinfo", "-k", version, *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _build(path, modules):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tempfile.TemporaryDirectory() as tree:
+        for directory in ("bin", "lib", "proc", "sys", "dev", "tmp"):
+            os.makedirs(os.path.join(tree, directory))
+        shutil.copy(BUSYBOX, os.path.join(tree, "bin", "busybox"))
+        for module in modules:
+            shutil.copy(module, os.path.join(tree, "lib"))
+        with open(os.path.join(tree, "lib", "modules.order"), "w") as f:
+            f.write("".join(os.path.basename(m) + "\n" for m in modules))
+        with open(os.path.join(tree, "init"), "w") as f:
+            f.write(INIT)
+        os.chmod(os.path.join(tree, "init"), 0o755)
+        image = subprocess.run("find . | cpio --quiet -o -H newc | gzip -1", shell=True, cwd=tree,
+                               capture_output=True, check=True).stdout
+    with open(path + ".tmp", "wb") as f:
+        f.write(image)
+    os.rename(path + ".tmp", path)
+
+
+def _xl_string(text):
+    # xl's config parser takes '...' or "..." without escapes.
+    quote = "'" if "'" not in text else '"'
+    if quote in text:
+        raise ValueError(f"disk entry has both quote characters: {text}")
+    return quote + text + quote
+
+
+def _version_key(path):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="A busybox PV guest for xenblock's VM tests.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("initramfs", help="build the guest initramfs if needed and print its path")
+    config = commands.add_parser("config", help="write an xl config for a guest running a snippet")
+    config.add_argument("path")
+    config.add_argument("name")
+    config.add_argument("--disk", action="append", default=[], help="a disk= entry (repeatable)")
+    config.add_argument("--snippet", default="true", help="shell run in the guest")
+    config.add_argument("--memory", type=int, default=128)
+    args = parser.parse_args(argv)
+    if args.command == "initramfs":
+        print(initramfs())
+    else:
+        write_config(args.path, args.name, args.disk, args.snippet, args.memory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,177 +1,287 @@
 #!/usr/bin/env python3
 """Run a command in dom0 of a real Xen 4.17 host booted in QEMU.
 
-    python3 tests/vm/xenvm.py [--timeout S] [--out DIR] -- 'shell command'
+    python3 tests/vm/xenvm.py [--timeout S] [--out DIR] [--env NAME=VALUE]... -- COMMAND...
 
-The host's root is shared read-only over 9p (the dom0 kernel, Xen's tools and
-the project's venv come from it); the virtme-ng initramfs and init bring dom0
-up and run tests/vm/dom0-run.sh, which starts Xen's daemons, installs
-xenblock as a user would (tests/vm/dom0-setup.sh), runs the command with the
-checkout as its working directory and writes its output and exit status to a
-writable share. This process prints that output and exits with that status.
+COMMAND's words are joined with spaces and run by /bin/sh in dom0 (as ssh
+does), as root, in the checkout, with stdin from /dev/null, after
+tests/vm/dom0-setup.sh has brought Xen's daemons up and installed xenblock.
+Its stdout+stderr are printed here once the VM is off, and this exits with
+its status: 124 if the VM timed out or left no status, 125 if dom0's set-up
+failed. Example:
+
+    python3 tests/vm/xenvm.py -- 'xl info | grep xen_version'
+
+In dom0 the environment has XENBLOCK_ROOT (the checkout, same path as on the
+host), XENBLOCK_VENV (a venv with xenblock installed from the checkout),
+XENBLOCK_OUT (a folder written through to DIR on the host),
+XENBLOCK_GUEST_KERNEL and XENBLOCK_GUEST_INITRD (see guest.py), and every
+--env NAME=VALUE (also seen by the set-up, e.g. XENSTORED_ARGS).
+
+DIR (default build/vm/out) receives console.log (Xen's and dom0's serial
+console), setup.log, output.log, status; build/vm holds the cached products
+(gunzipped Xen, dom0 initramfs, guest initramfs, venv). Stdlib only, except
+that virtme-ng must be installed for some Python on the host.
 
 Facts that shaped it (see shared/xen-in-qemu.md): TCG only (KVM hangs), Xen
-needs smap=0 smep=0 under TCG, Xen is loaded through multiboot from the
+needs smap=0 smep=0 under TCG, QEMU loads Xen through multiboot from the
 gunzipped image with dom0's kernel and initramfs as modules.
 """
 import argparse
 import base64
-import glob
+import contextlib
+import fcntl
 import hashlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__:
+    from . import guest
+else:  # run as a script: this folder is sys.path[0]
+    import guest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 BUILD = os.path.join(ROOT, "build", "vm")
 XEN_GZ = "/boot/xen-4.17-amd64.gz"
 XEN_ARGS = "console=com1 com1=115200 dom0_mem=2048M smap=0 smep=0 noreboot"
-# What the VM's venv is built from: rebuilt when any of these change.
+# The interpreter the dom0 venv is made from: dom0 sees the host's / so the
+# same path works there. Call it directly: the pyenv shim costs ~0.8 s per
+# start under TCG.
+VENV_PYTHON = os.environ.get("XENBLOCK_VM_PYTHON") or next(
+    (p for p in ("/root/.pyenv/versions/3.11.7/bin/python3",) if os.path.exists(p)),
+    getattr(sys, "_base_executable", sys.executable))
+# What the venv is built from (setup.cfg reads README.md and etc/).
 PROJECT_INPUTS = ("xenblock", "scripts", "etc", "setup.cfg", "pyproject.toml", "README.md")
+TIMEOUT_STATUS, SETUP_FAILED_STATUS = 124, 125
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--timeout", type=float, default=1800)
-    parser.add_argument("--out", default=os.path.join(BUILD, "out"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("--timeout", metavar="SECONDS", type=float, default=1800, help="default 1800")
+    parser.add_argument("--out", metavar="DIR", default=os.path.join(BUILD, "out"),
+                        help="results folder (default build/vm/out)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="set in dom0 before its set-up runs (e.g. XENSTORED_ARGS)")
+                        help="set in dom0 before its set-up runs")
     parser.add_argument("command", nargs="+")
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.env)
+    # A CI job cancelled with SIGTERM must not leave QEMU running: exit through
+    # _run_qemu's clean-up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     return run(" ".join(args.command), args.out, args.timeout, extra)
 
 
-def run(command, out, timeout, extra_env=None):
-    os.makedirs(out, exist_ok=True)
-    for name in ("output.log", "status", "console.log"):
-        _remove(os.path.join(out, name))
-    from tests.vm import guest  # the guest's kernel and initramfs are built here, not under TCG
-    env = {
-        "XENBLOCK_ROOT": ROOT,
-        "XENBLOCK_VENV": project_venv(),
-        "XENBLOCK_GUEST_KERNEL": guest.kernel(),
-        "XENBLOCK_GUEST_INITRD": guest.initramfs(),
-        **(extra_env or {}),
-    }
-    argv = qemu_argv(out, dom0_command(env, command))
-    started = time.monotonic()
+def run(command, out=os.path.join(BUILD, "out"), timeout=1800, extra_env=None):
+    """Boot the VM, run command in dom0, print its output; return its exit status."""
+    out = os.path.abspath(out)
+    with _build_lock():  # concurrent runs share build/vm
+        env = {
+            "XENBLOCK_ROOT": ROOT,
+            "XENBLOCK_VENV": project_venv(),
+            "XENBLOCK_GUEST_KERNEL": guest.kernel(),
+            "XENBLOCK_GUEST_INITRD": guest.initramfs(),
+            **(extra_env or {}),
+        }
+        argv = qemu_argv(out)
+    _write_job(out, env, command)
     print(f"xenvm: booting Xen in QEMU (console in {out}/console.log)", file=sys.stderr, flush=True)
-    with open(os.path.join(out, "console.log"), "wb") as console:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    started = time.monotonic()
+    code, command_started = _run_qemu(argv, out, timeout)
     elapsed = time.monotonic() - started
-    _print_file(os.path.join(out, "output.log"))
+    return _report(out, code, elapsed, command_started)
+
+
+def _write_job(out, env, command):
+    """The command and its environment go through the results share, not the
+    kernel command line: Xen keeps only 1023 bytes of dom0's command line."""
+    os.makedirs(out, exist_ok=True)
+    for name in ("job.env", "job.sh", "started", "status", "setup.log", "setup.status",
+                 "output.log", "console.log"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(out, name))
+    with open(os.path.join(out, "job.env"), "w") as f:
+        f.writelines(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
+    with open(os.path.join(out, "job.sh"), "w") as f:
+        f.write(command + "\n")
+
+
+def _run_qemu(argv, out, timeout):
+    """Run QEMU with its console in console.log; kill it at the timeout.
+    Returns QEMU's exit code (None if killed) and when dom0 started the command."""
+    started = time.monotonic()
+    command_started = None
+    with open(os.path.join(out, "console.log"), "wb") as console:
+        qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT)
+        try:
+            while qemu.poll() is None:
+                if time.monotonic() - started > timeout:
+                    return None, command_started
+                if command_started is None and os.path.exists(os.path.join(out, "started")):
+                    command_started = time.monotonic() - started
+                time.sleep(0.5)
+            return qemu.returncode, command_started
+        finally:
+            if qemu.poll() is None:
+                qemu.kill()
+                qemu.wait()
+
+
+def _report(out, code, elapsed, command_started):
+    """Print the command's output; the exit status for this process."""
+    _print_file(os.path.join(out, "output.log"), sys.stdout)
     status = _read(os.path.join(out, "status"))
-    if status is None:
-        print(f"xenvm: no exit status from dom0 after {elapsed:.0f} s (timed out or crashed); "
-              f"last console lines:", file=sys.stderr)
+    boot = f"{command_started:.0f} s" if command_started is not None else "never"
+    if code is None:
+        print(f"xenvm: timed out after {elapsed:.0f} s (command started: {boot}); QEMU killed. "
+              f"Last console lines:", file=sys.stderr)
         _print_tail(os.path.join(out, "console.log"))
-        return 124
-    print(f"xenvm: dom0 command exited {status.strip()} after {elapsed:.0f} s", file=sys.stderr)
+        return TIMEOUT_STATUS
+    if _read(os.path.join(out, "setup.status")) not in (None, "0\n"):
+        print("xenvm: dom0 set-up failed:", file=sys.stderr)
+        _print_file(os.path.join(out, "setup.log"), sys.stderr)
+        return SETUP_FAILED_STATUS
+    if status is None:
+        print(f"xenvm: QEMU exited ({code}) after {elapsed:.0f} s but dom0 left no exit status "
+              f"(crash?). Last console lines:", file=sys.stderr)
+        _print_tail(os.path.join(out, "console.log"))
+        return TIMEOUT_STATUS
+    print(f"xenvm: command exited {int(status)}; dom0 ready after {boot}, total {elapsed:.0f} s",
+          file=sys.stderr)
     return int(status)
 
 
-def dom0_command(env, command):
-    assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
-    script = os.path.join(ROOT, "tests", "vm", "dom0-run.sh")
-    return f"{assignments} /bin/sh {shlex.quote(script)} {shlex.quote(command)}"
-
-
-def qemu_argv(out, command):
-    kernel = dom0_kernel()
-    exec_b64 = base64.b64encode(command.encode()).decode()
+def qemu_argv(out):
+    kernel = guest.kernel()
+    virtme_python = _virtme_python()
+    # virtme's init runs this one command; everything else comes from job.env.
+    exec_b64 = base64.b64encode(f"/bin/sh {shlex.quote(os.path.join(HERE, 'dom0-run.sh'))}".encode()).decode()
+    overlays = ("/etc", "/lib", "/home", "/opt", "/srv", "/usr", "/var", "/tmp")  # as vng uses
     dom0_args = " ".join([
         "console=hvc0 earlyprintk=xen",
-        *[f"virtme_rw_overlay{i}={d}" for i, d in enumerate(("/etc", "/lib", "/home", "/opt", "/srv", "/usr", "/var", "/tmp"))],
+        *[f"virtme_rw_overlay{i}={d}" for i, d in enumerate(overlays)],
         "virtme_root_mods=1 virtme_console=hvc0 virtme_root_user=1 virtme_hostname=xenblock-dom0",
         f"virtme.exec=`{exec_b64}`",
-        f"init={virtme_init()}",
+        f"init={_virtme_init(virtme_python)}",
     ])
     return [
         "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-m", "3G", "-smp", "2",
         "-nographic", "-no-reboot", "-serial", "stdio", "-monitor", "none",
+        # No VGA and no NIC: their drivers cost seconds of udev coldplug under TCG.
+        "-vga", "none", "-nic", "none",
         "-kernel", xen_binary(), "-append", XEN_ARGS,
-        "-initrd", f"{kernel} {dom0_args},{dom0_initramfs(kernel)}",
-        # / read-only for virtme's root; again with caching for speed; and a writable results folder.
-        "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
-        "-device", "virtio-9p-pci,fsdev=root,mount_tag=/dev/root",
-        "-fsdev", "local,id=fast,path=/,security_model=none,readonly=on,multidevs=remap",
-        "-device", "virtio-9p-pci,fsdev=fast,mount_tag=xbfast",
-        "-fsdev", f"local,id=out,path={out},security_model=none",
-        "-device", "virtio-9p-pci,fsdev=out,mount_tag=xbout",
+        # Multiboot modules are comma-separated; a module's command line follows its path.
+        "-initrd", f"{kernel} {dom0_args},{dom0_initramfs(kernel, virtme_python)}",
+        # / read-only for virtme's root (mounted with cache=none by virtme's init) ...
+        *_share("root", "/", "/dev/root", readonly=True),
+        # ... again, mounted by dom0-run.sh with cache=loose for speed ...
+        *_share("fast", "/", "xbfast", readonly=True),
+        # ... and the writable results folder.
+        *_share("out", out, "xbout", readonly=False),
     ]
 
 
+def _share(fsdev, path, tag, readonly):
+    if "," in path:
+        sys.exit(f"xenvm: QEMU cannot share a path with a comma: {path}")
+    options = f"local,id={fsdev},path={path},security_model=none,multidevs=remap"
+    return ["-fsdev", options + (",readonly=on" if readonly else ""),
+            "-device", f"virtio-9p-pci,fsdev={fsdev},mount_tag={tag}"]
+
+
 def xen_binary():
+    """QEMU's multiboot loader takes no gzip: a gunzipped copy of Xen."""
     path = os.path.join(BUILD, "xen")
     if _stale(path, [XEN_GZ]):
-        os.makedirs(BUILD, exist_ok=True)
         with open(path + ".tmp", "wb") as f:
             subprocess.run(["zcat", XEN_GZ], stdout=f, check=True)
         os.rename(path + ".tmp", path)
     return path
 
 
-def dom0_kernel():
-    kernels = sorted(glob.glob("/boot/vmlinuz-*"))
-    if not kernels:
-        sys.exit("xenvm: no /boot/vmlinuz-*: install linux-image-amd64 (tools/setup-host does)")
-    return kernels[-1]
-
-
-def dom0_initramfs(kernel):
-    version = os.path.basename(kernel).removeprefix("vmlinuz-")
+def dom0_initramfs(kernel, virtme_python):
+    version = guest.kernel_version(kernel)
     path = os.path.join(BUILD, f"dom0-initramfs-{version}.img")
-    if _stale(path, [kernel]):
-        tool = _tool("virtme-mkinitramfs")
-        subprocess.run([tool, "--mod-kversion", version, "--outfile", path], check=True)
+    if _stale(path, [kernel, f"/lib/modules/{version}/modules.dep", _virtme_init(virtme_python)]):
+        subprocess.run([virtme_python, "-m", "virtme.commands.mkinitramfs", "--mod-kversion", version,
+                        "--outfile", path + ".tmp"], check=True, stdout=subprocess.DEVNULL)
+        os.rename(path + ".tmp", path)
     return path
 
 
-def virtme_init():
-    import virtme
-    return os.path.join(os.path.dirname(virtme.__file__), "guest", "bin", "virtme-ng-init")
+def _virtme_python():
+    """A Python on the host that has virtme-ng: this one, or the venvs' base."""
+    for python in (sys.executable, VENV_PYTHON):
+        if subprocess.run([python, "-c", "import virtme"], capture_output=True).returncode == 0:
+            return python
+    sys.exit(f"xenvm: virtme-ng is not installed for {sys.executable} nor {VENV_PYTHON} "
+             "(pip install virtme-ng)")
+
+
+def _virtme_init(virtme_python):
+    package = subprocess.run([virtme_python, "-c", "import os, virtme; print(os.path.dirname(virtme.__file__))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    return os.path.join(package, "guest", "bin", "virtme-ng-init")
 
 
 def project_venv():
-    """A venv with xenblock installed from the checkout, as a user installs it."""
+    """build/vm/venv with xenblock[test] installed from the checkout, as a user installs it.
+
+    Rebuilt when the project's files change. pip gets a copy of them: an
+    in-tree setuptools build keeps stale modules in build/lib, which would
+    then be installed too."""
     venv = os.path.join(BUILD, "venv")
     stamp = os.path.join(venv, "xenblock-inputs.sha256")
     digest = _inputs_digest()
-    if _read(stamp) != digest:
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    if _read(stamp) == digest:
+        return venv
+    print(f"xenvm: building {venv} (pip install {ROOT}[test])", file=sys.stderr, flush=True)
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([VENV_PYTHON, "-m", "venv", venv], check=True)
+    with tempfile.TemporaryDirectory() as source:
+        for name in PROJECT_INPUTS:
+            _copy(os.path.join(ROOT, name), os.path.join(source, name))
         subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q",
-                        "--disable-pip-version-check", f"{ROOT}[test]"], check=True)
-        with open(stamp, "w") as f:
-            f.write(digest)
+                        "--disable-pip-version-check", f"{source}[test]"], check=True)
+    with open(stamp, "w") as f:
+        f.write(digest)
     return venv
 
 
 def _inputs_digest():
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(VENV_PYTHON.encode())
     for name in PROJECT_INPUTS:
         top = os.path.join(ROOT, name)
         paths = [top] if os.path.isfile(top) else sorted(
             os.path.join(d, f) for d, _, files in os.walk(top) for f in files if "__pycache__" not in d)
         for path in paths:
-            digest.update(os.path.relpath(path, ROOT).encode())
+            digest.update(os.path.relpath(path, ROOT).encode() + b"\0")
             with open(path, "rb") as f:
-                digest.update(f.read())
+                digest.update(hashlib.sha256(f.read()).digest())
     return digest.hexdigest()
 
 
-def _tool(name):
-    beside = os.path.join(os.path.dirname(sys.executable), name)
-    return beside if os.path.exists(beside) else (shutil.which(name) or sys.exit(f"xenvm: {name} not found"))
+def _copy(source, target):
+    if os.path.isdir(source):
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    elif os.path.exists(source):
+        shutil.copy2(source, target)
+
+
+@contextlib.contextmanager
+def _build_lock():
+    os.makedirs(BUILD, exist_ok=True)
+    with open(os.path.join(BUILD, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _stale(path, inputs):
@@ -188,18 +298,11 @@ def _read(path):
         return None
 
 
-def _remove(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _print_file(path):
+def _print_file(path, stream):
     text = _read(path)
     if text:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        stream.write(text)
+        stream.flush()
 
 
 def _print_tail(path, lines=40):
@@ -209,5 +312,4 @@ def _print_tail(path, lines=40):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, ROOT)
     sys.exit(main())
