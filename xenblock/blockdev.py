@@ -2,7 +2,6 @@
 import errno
 import glob
 import os
-import stat
 from collections import namedtuple
 
 from .errors import HotplugError
@@ -37,12 +36,6 @@ class Devnum(namedtuple("Devnum", "major minor")):
 # What blkback is told to serve (physical-device and its path); detail is
 # for the log line.
 Device = namedtuple("Device", "path devnum detail", defaults=("",))
-
-
-def devnum_of(path):
-    """The device number of a block device node; None when path is no such node."""
-    st = os.stat(path)
-    return Devnum.of_rdev(st.st_rdev) if stat.S_ISBLK(st.st_mode) else None
 
 
 def read_attribute(devnum, *parts):

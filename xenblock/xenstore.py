@@ -27,14 +27,6 @@ class XenStore:
     def exists(self, key):
         return self.read(key) is not None
 
-    def list(self, key):
-        try:
-            return [name.decode() for name in self._client.list(key.encode())]
-        except pyxs.PyXSError as e:
-            if e.args and e.args[0] == errno.ENOENT:
-                return []
-            raise
-
     def write_all(self, key, values):
         """Write key/<name> for each item in one transaction, only if key
         still exists (a backend deleted meanwhile must not be re-created as
