@@ -58,7 +58,7 @@ def main():
     refused = sh("xl", "create", second)
     for line in (refused.stdout + refused.stderr).splitlines():
         if "already in use" in line:
-            print("   xl: " + line.strip()[-160:])
+            print("   xl: " + line.strip())
     print(f"   (xl create exited {refused.returncode})")
     sh("xl", "destroy", "web")
     wait_gone("web")

@@ -1,13 +1,12 @@
 """Facts about block devices, read from sysfs and /proc (no processes)."""
 import errno
-import glob
 import os
 from collections import namedtuple
 
 from .errors import HotplugError
 
 SYS_DEV_BLOCK = "/sys/dev/block"
-XEN_BACKEND_VBDS = "/sys/bus/xen-backend/devices/vbd-*"
+XEN_BACKEND_DEVICES = "/sys/bus/xen-backend/devices"
 
 
 class Devnum(namedtuple("Devnum", "major minor")):
@@ -59,10 +58,11 @@ def is_read_only(devnum):
 def with_partitions(devnum):
     """devnum and the device numbers of its partitions."""
     found = [devnum]
-    for entry in glob.glob(devnum.sysfs("*", "partition")):
-        number = read_attribute(devnum, os.path.basename(os.path.dirname(entry)), "dev")
-        if number:
-            found.append(Devnum.parse(number))
+    for name in _listdir(devnum.sysfs()):
+        if os.path.exists(devnum.sysfs(name, "partition")):
+            number = read_attribute(devnum, name, "dev")
+            if number:
+                found.append(Devnum.parse(number))
     return found
 
 
@@ -81,10 +81,7 @@ def mounts(devnums):
 
 def holders(devnum):
     """Kernel devices stacked on devnum (dm, md, ...)."""
-    try:
-        return sorted(os.listdir(devnum.sysfs("holders")))
-    except FileNotFoundError:
-        return []
+    return sorted(_listdir(devnum.sysfs("holders")))
 
 
 def vbd_users(devnum):
@@ -95,7 +92,10 @@ def vbd_users(devnum):
     no xenstore request per vbd (Xen's own script pays one process per vbd).
     """
     found = []
-    for directory in glob.glob(XEN_BACKEND_VBDS):
+    for name in _listdir(XEN_BACKEND_DEVICES):
+        if not name.startswith("vbd-"):
+            continue
+        directory = os.path.join(XEN_BACKEND_DEVICES, name)
         try:
             with open(os.path.join(directory, "physical_device")) as f:
                 if Devnum.parse(f.read(), base=16) != devnum:
@@ -104,7 +104,7 @@ def vbd_users(devnum):
                 writable = "w" in f.read()
         except (FileNotFoundError, ValueError):
             continue  # torn down meanwhile, or not connected yet
-        _, domid, devid = os.path.basename(directory).split("-")
+        _, domid, devid = name.split("-")
         found.append((int(domid), int(devid), writable))
     return found
 
@@ -123,3 +123,11 @@ def claimed_exclusively(path):
         raise HotplugError(f"{path}: cannot open: {e.strerror}") from e
     os.close(fd)
     return False
+
+
+def _listdir(path):
+    # glob would cost the hotplug path the import of fnmatch and re.
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []

@@ -11,7 +11,7 @@ import sys
 import time
 
 from . import config as config_module
-from . import lifecycle, locks
+from . import lifecycle, locks, xenstore
 from .errors import HotplugError
 from .log import Log
 from .state import StateDir
@@ -33,10 +33,9 @@ def main(argv, environ):
     log = Log(config, program)
     started = time.monotonic()
     try:
-        from . import xenstore  # after the cheap checks: pyxs is the costliest import
-        with xenstore.connect(environ) as xs:
+        with xenstore.XenStore(environ) as xs:
             status = _run(command, key, _disk_type(program, environ), xs, config, log)
-    except ConnectionError as e:
+    except ConnectionError as e:  # nowhere to write hotplug-error: the log has it
         log.error(f"{command} {key}: failed: {e}")
         return 1
     if status == 0:
@@ -59,6 +58,8 @@ def _run(command, key, disk_type, xs, config, log):
             summary = action(ctx)
     except HotplugError as e:
         return _fail(command, key, str(e), xs, log)
+    except ConnectionError:
+        raise  # xenstore unreachable: no hotplug-error can be written; main logs it
     except Exception as e:  # a bug of ours: still one readable line for libxl
         import traceback
         log.error(traceback.format_exc().rstrip())

@@ -1,25 +1,44 @@
-"""The one xenstore connection of a run, through pyxs.
+"""The one xenstore connection of a run, through pyxs, opened on first use.
 
 Strings in and out. Paths may be relative ("backend/vbd/3/51712"): xenstored
 resolves them under the caller's domain, which is what makes driver domains
 work, so they are passed through untouched.
+
+A remove that finds its record never talks to xenstore (libxl deletes the
+backend nodes itself), so it never imports pyxs either: that import is the
+costliest part of a run (about a second under emulation, see benchmarks/).
 """
 import errno
 import os
-
-import pyxs
 
 SOCKET_PATHS = ("/run/xenstored/socket", "/var/run/xenstored/socket")
 
 
 class XenStore:
-    def __init__(self, client):
-        self._client = client
+    """Context manager: connects on the first request, closes on exit.
+
+    Raises ConnectionError (the builtin) when xenstore cannot be reached.
+    XENSTORED_PATH (pyxs's own variable) names another socket: the host tests'
+    xenstored double listens there.
+    """
+
+    def __init__(self, environ):
+        self._environ = environ
+        self._pyxs = None
+        self._client = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._client is not None:
+            self._client.close()
 
     def read(self, key, default=None):
+        client = self._connected()
         try:
-            return self._client.read(key.encode()).decode(errors="surrogateescape")
-        except pyxs.PyXSError as e:
+            return client.read(key.encode()).decode(errors="surrogateescape")
+        except self._pyxs.PyXSError as e:
             if e.args and e.args[0] == errno.ENOENT:
                 return default
             raise
@@ -31,16 +50,33 @@ class XenStore:
         """Write key/<name> for each item in one transaction, only if key
         still exists (a backend deleted meanwhile must not be re-created as
         stale nodes). Returns False when key is gone."""
+        client = self._connected()
         while True:
-            self._client.transaction()
+            client.transaction()
             if not self.exists(key):
-                self._client.rollback()
+                client.rollback()
                 return False
             for name, value in values.items():
-                self._client.write(f"{key}/{name}".encode(), _wire(value))
-            if self._client.commit():
+                client.write(f"{key}/{name}".encode(), _wire(value))
+            if client.commit():
                 return True
             # EAGAIN: another writer touched what we read; xenstored wants a retry.
+
+    def _connected(self):
+        if self._client is None:
+            import pyxs
+            socket_path = self._environ.get("XENSTORED_PATH") or _first_existing(SOCKET_PATHS)
+            if socket_path:
+                client = pyxs.Client(unix_socket_path=socket_path)
+            else:
+                client = pyxs.Client(xen_bus_path=_xenbus_path())
+            try:
+                client.connect()
+            except (OSError, pyxs.PyXSError) as e:
+                raise ConnectionError(f"cannot reach xenstore: {e}") from e
+            self._pyxs, self._client = pyxs, client
+        return self._client
+
 
 
 def _wire(value):
@@ -48,31 +84,6 @@ def _wire(value):
     # must still end up readable in hotplug-error.
     text = str(value).encode("ascii", errors="backslashreplace")
     return text or b" "
-
-
-class connect:
-    """Context manager: XenStore over xenstored's socket, else the xenbus device.
-
-    XENSTORED_PATH (pyxs's own variable) names another socket: the host tests'
-    xenstored double listens there.
-    """
-
-    def __init__(self, environ):
-        socket_path = environ.get("XENSTORED_PATH") or _first_existing(SOCKET_PATHS)
-        if socket_path:
-            self._client = pyxs.Client(unix_socket_path=socket_path)
-        else:
-            self._client = pyxs.Client(xen_bus_path=_xenbus_path())
-
-    def __enter__(self):
-        try:
-            self._client.connect()
-        except (OSError, pyxs.PyXSError) as e:
-            raise ConnectionError(f"cannot reach xenstore: {e}") from e
-        return XenStore(self._client)
-
-    def __exit__(self, *exc_info):
-        self._client.close()
 
 
 def _first_existing(paths):

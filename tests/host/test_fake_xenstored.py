@@ -355,12 +355,12 @@ def test_stop_removes_the_socket_and_is_idempotent(tmp_path):
 
 
 def test_production_code_reaches_it_through_xenstored_path(daemon):
-    with xenstore.connect({"XENSTORED_PATH": daemon.socket_path}) as xs:
+    with xenstore.XenStore({"XENSTORED_PATH": daemon.socket_path}) as xs:
         assert xs.read("name") == "Domain-0"
         xs.write_all("backend/vbd/1/51712", {})  # the key is missing: nothing written
         assert not xs.exists("backend/vbd/1/51712")
     daemon.seed({"backend/vbd/1/51712/state": "2"})
-    with xenstore.connect({"XENSTORED_PATH": daemon.socket_path}) as xs:
+    with xenstore.XenStore({"XENSTORED_PATH": daemon.socket_path}) as xs:
         assert xs.write_all("backend/vbd/1/51712", {"hotplug-status": "connected"})
         assert xs.read("backend/vbd/1/51712/hotplug-status") == "connected"
         assert xs.read("backend/vbd/1/51712/state") == "2"  # untouched

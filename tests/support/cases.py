@@ -89,6 +89,23 @@ def test_remove_works_after_the_backend_nodes_are_gone(driver, images):
     assert driver.read(key) is None, "remove must not re-create backend nodes"
 
 
+def test_remove_needs_no_xenstore_and_add_cannot_do_without_it(driver, images):
+    # remove works from its record alone (libxl deletes the backend nodes
+    # itself), so it neither connects to xenstore nor pays for importing pyxs.
+    path = images("noxs.img")
+    key = driver.backend(path)
+    unreachable = {"XENSTORED_PATH": "/nonexistent/xenstored-socket"}
+    assert driver.add(key).returncode == 0
+    result = driver.remove(key, env=unreachable)
+    assert result.returncode == 0, result.stderr
+    assert loops_of(path) == []
+    result = driver.add(key, env=unreachable)
+    assert result.returncode == 1
+    assert f"add {key}: failed: cannot reach xenstore" in result.stderr
+    assert loops_of(path) == []
+    assert driver.state_files() == []
+
+
 def test_xend_names_create_and_destroy_work(driver, images):
     path = images("xend.img")
     key = driver.backend(path)

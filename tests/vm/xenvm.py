@@ -52,10 +52,11 @@ BUILD = os.path.join(ROOT, "build", "vm")
 XEN_GZ = "/boot/xen-4.17-amd64.gz"
 XEN_ARGS = "console=com1 com1=115200 dom0_mem=2048M smap=0 smep=0 noreboot"
 # The interpreter the dom0 venv is made from: dom0 sees the host's / so the
-# same path works there. Call it directly: the pyenv shim costs ~0.8 s per
-# start under TCG.
+# same path works there. Debian's own python3 (tools/debian-packages.txt), as
+# on a Debian dom0; called directly, never through a shim such as pyenv's,
+# which costs ~0.8 s per start under TCG.
 VENV_PYTHON = os.environ.get("XENBLOCK_VM_PYTHON") or next(
-    (p for p in ("/root/.pyenv/versions/3.11.7/bin/python3",) if os.path.exists(p)),
+    (p for p in ("/usr/bin/python3",) if os.path.exists(p)),
     getattr(sys, "_base_executable", sys.executable))
 # What the venv is built from (setup.cfg reads README.md and etc/).
 PROJECT_INPUTS = ("xenblock", "scripts", "etc", "setup.cfg", "pyproject.toml", "README.md")
