@@ -38,8 +38,8 @@ def add(ctx):
     record["image"] = source.image_id
     # Held from the sharing check until the record is saved: two adds of one
     # image cannot both see "no other user". Other images are not held up.
-    with _image_locked(source, ctx):
-        _refuse_conflicts(source, request, ctx)
+    with _image_locked(source, ctx) as image_fd:
+        _refuse_conflicts(source, image_fd, request, ctx)
         device = _build(module, source, request, record, ctx)
     _publish(device, record, ctx)
     guest = _guest_name(ctx.xs, request.frontend_id)
@@ -69,23 +69,24 @@ def _type_module(disk_type):
 def _image_locked(source, ctx):
     # The lock is a flock on the image itself: nothing to create or clean up.
     # On a block device it is also what tells udev not to probe meanwhile.
+    # Yields the descriptor: the sharing check asks the kernel about it.
     try:
         fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise HotplugError(f"{source.path}: cannot open: {e.strerror}") from None
     try:
         with locks.on_descriptor(fd, ctx.config.lock_timeout, source.path):
-            yield
+            yield fd
     finally:
         os.close(fd)
 
 
-def _refuse_conflicts(source, request, ctx):
+def _refuse_conflicts(source, image_fd, request, ctx):
     from . import sharing  # add only
     if request.sharing_forced:
         ctx.log.info(f"{source.path}: mode {request.mode}: sharing check skipped on request")
         return
-    user = sharing.conflicting_user(source, request, ctx)
+    user = sharing.conflicting_user(source, image_fd, request, ctx)
     ctx.log.debug(f"{source.path} ({source.image_id}): conflicting user: {user}")
     if user is not None:
         theirs = "read-write" if user.writable else "read-only"

@@ -6,9 +6,12 @@ the same VM as the requesting guest do not count: the source domain during a
 live migration, and a guest's device-model stub domain.
 
 Users are found without scanning xenstore (which costs Xen's script one
-process per vbd): our own records, the loop devices bound to the same inode,
+process per vbd): our own records, the loop devices bound to the same inode
+(looked for only when the kernel says someone else has the image open),
 blkback's sysfs entries, dom0's mounts and stacked devices.
 """
+import fcntl
+import signal
 from collections import namedtuple
 
 from . import blockdev, build, locks, loop
@@ -18,9 +21,10 @@ from . import blockdev, build, locks, loop
 User = namedtuple("User", "what domid writable")
 
 
-def conflicting_user(source, request, ctx):
-    """The first user that forbids the request, or None."""
-    for user in users(source, request, ctx):
+def conflicting_user(source, image_fd, request, ctx):
+    """The first user that forbids the request, or None. image_fd: the
+    caller's descriptor of source.path (it holds the image's lock)."""
+    for user in users(source, image_fd, request, ctx):
         if not (request.writable or user.writable):
             continue
         if user.domid is not None and same_vm(ctx.xs, user.domid, request.frontend_id):
@@ -29,18 +33,44 @@ def conflicting_user(source, request, ctx):
     return None
 
 
-def users(source, request, ctx):
+def users(source, image_fd, request, ctx):
     found = list(_record_users(source, ctx))
     if source.devnum is not None:
         found += _device_users(source.devnum)
         if request.writable and not found and blockdev.claimed_exclusively(source.path):
             found.append(User("dom0 (mounted, or held by LVM, md or device-mapper)", None, True))
+    elif opened_only_through(image_fd):
+        ctx.log.debug(f"{source.path}: open nowhere else, so no loop device is bound to it")
     else:
+        ctx.log.debug(f"{source.path}: open elsewhere: looking for loop devices bound to it")
         for node, devnum, info in loop.backed_by(source.stat):
             if not info.mark.startswith("xenblock:"):  # ours are in the records
                 found += _device_users(devnum) or [
                     User(f"{node}, a loop device not set up by xenblock", None, not info.read_only)]
     return found
+
+
+def opened_only_through(fd):
+    """Whether no file but fd has the image open. A loop device holds its
+    backing file open, so then none is bound to it and the scan of every
+    loop device (and importing pyudev for it) can be skipped.
+
+    The kernel answers: it grants a write lease exactly when the inode's
+    reader and writer counts are fd's own. Any refusal (another opener, a
+    file system without leases) only means "look". The lease lives for two
+    system calls; an open() meanwhile waits for its release and would send
+    us SIGIO, whose default action is to kill: ignored meanwhile.
+    """
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError:
+        return False
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return True
+    finally:
+        signal.signal(signal.SIGIO, previous)
 
 
 def _record_users(source, ctx):

@@ -188,6 +188,35 @@ def test_an_image_bound_read_write_by_someone_else_is_refused(driver, images):
         loop.detach(foreign.node, foreign.diskseq, path[-60:])
 
 
+def add_logged(driver, key):
+    """add with debug logging: the log lines it wrote."""
+    with open(driver.log_file, "a"):
+        pass
+    start = os.path.getsize(driver.log_file)
+    result = driver.add(key, env={"XENBLOCK_DEBUG": "1"})
+    assert result.returncode == 0, result.stderr
+    with open(driver.log_file) as f:
+        f.seek(start)
+        return f.read()
+
+
+def test_an_image_open_nowhere_else_is_not_scanned_for(driver, images):
+    path = images("alone.img")
+    key = driver.backend(path)
+    assert f"{path}: open nowhere else, so no loop device is bound to it" in add_logged(driver, key)
+    assert driver.remove(key).returncode == 0
+
+
+def test_an_image_merely_open_elsewhere_is_looked_at_and_shared(driver, images):
+    path = images("opened.img")
+    key = driver.backend(path)
+    with open(path, "rb"):  # a backup job reading it, say: not a user of the disk
+        log = add_logged(driver, key)
+    assert f"{path}: open elsewhere: looking for loop devices bound to it" in log
+    assert "conflicting user: None" in log
+    assert driver.remove(key).returncode == 0
+
+
 def test_a_block_device_is_passed_through(driver, images):
     path = images("under.img")
     fd = os.open(path, os.O_RDWR)
