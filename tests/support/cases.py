@@ -236,6 +236,29 @@ def test_a_block_device_is_passed_through(driver, images):
         loop.detach(device.node, device.diskseq, mark)
 
 
+def test_what_dom0_has_mounted_is_refused_to_writers_and_shared_with_readers_only_if_read_only(
+        driver, images, tmp_path):
+    path = images("mounted.img", size=8 << 20)
+    subprocess.run(["mkfs.ext2", "-q", "-F", path], check=True, capture_output=True)
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-o", "loop", path, str(mount_point)], check=True)
+    try:
+        node = loops_of(path)[0]  # mount's own loop device
+        for target, mode in ((path, "r"), (node, "r"), (node, "w")):
+            key = driver.backend(target, mode=mode)
+            assert_failed(driver.add(key), driver, key, target, f"dom0, mounted read-write on {mount_point}")
+        subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
+        for target in (path, node):
+            writer = driver.backend(target, mode="w")
+            assert_failed(driver.add(writer), driver, writer, f"dom0, mounted read-only on {mount_point}")
+            reader = driver.backend(target, mode="r")
+            assert driver.add(reader).returncode == 0, driver.read(f"{reader}/hotplug-error")
+            assert driver.remove(reader).returncode == 0
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)  # its loop device goes too (autoclear)
+
+
 def test_a_vanished_backends_leftovers_do_not_block_the_next_guest(driver, images):
     # pygrub: the disk is attached to dom0, then to the guest. If the first
     # remove never ran (its backend went first), the second add cleans up.

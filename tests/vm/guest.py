@@ -60,6 +60,14 @@ sync
 poweroff -f
 """
 
+GRUB_CFG = """set default=0
+set timeout=0
+menuentry 'xenblock test guest' {
+    linux /boot/vmlinuz
+    initrd /boot/initrd.img
+}
+"""
+
 
 def kernel():
     """The guest's kernel: in dom0 the one the host chose, on the host the newest in /boot."""
@@ -88,17 +96,22 @@ def initramfs():
     return path
 
 
-def write_config(path, name, disks, snippet, memory=128):
-    """Write an xl config for a guest that runs snippet; disks are disk= entries, verbatim."""
+def write_config(path, name, disks, snippet, memory=128, bootloader=None, uuid=None):
+    """Write an xl config for a guest that runs snippet; disks are disk= entries, verbatim.
+    With a bootloader (pygrub) the kernel comes from the first disk (see write_boot_disk);
+    uuid: the domain's (libxl makes one up if None)."""
     extra = "console=hvc0 quiet xbtest=" + base64.b64encode(snippet.encode()).decode()
     if len(extra) > MAX_CMDLINE:
         raise ValueError(f"guest snippet too long: the kernel command line would be {len(extra)} "
                          f"bytes, Xen keeps {MAX_CMDLINE} (keep the snippet under ~740 bytes)")
+    if bootloader:
+        boot = [f'bootloader = "{bootloader}"']  # it appends extra= to the entry's arguments
+    else:
+        boot = [f'kernel = "{kernel()}"', f'ramdisk = "{initramfs()}"']
     lines = [
         f'name = "{name}"',
         'type = "pv"',
-        f'kernel = "{kernel()}"',
-        f'ramdisk = "{initramfs()}"',
+        *boot,
         f'extra = "{extra}"',
         f"memory = {memory}",
         "vcpus = 1",
@@ -106,8 +119,24 @@ def write_config(path, name, disks, snippet, memory=128):
         'on_crash = "destroy"',
         "disk = [" + ", ".join(_xl_string(d) for d in disks) + "]",
     ]
+    if uuid:
+        lines.append(f'uuid = "{uuid}"')
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def write_boot_disk(path, size=24 << 20):
+    """An ext2 image file that pygrub boots: the guest kernel and initramfs
+    under /boot and a grub.cfg naming them."""
+    with tempfile.TemporaryDirectory() as tree:
+        os.makedirs(os.path.join(tree, "boot", "grub"))
+        shutil.copy(kernel(), os.path.join(tree, "boot", "vmlinuz"))
+        shutil.copy(initramfs(), os.path.join(tree, "boot", "initrd.img"))
+        with open(os.path.join(tree, "boot", "grub", "grub.cfg"), "w") as f:
+            f.write(GRUB_CFG)
+        with open(path, "wb") as f:
+            f.truncate(size)
+        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-d", tree, path], check=True, capture_output=True)
 
 
 def _modules(version):

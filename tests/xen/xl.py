@@ -14,17 +14,18 @@ def xl(*args, timeout=120):
                           text=True, timeout=timeout)
 
 
-def config(tmp_path, disks, snippet="true"):
-    """An xl config for a busybox guest that runs snippet, then powers off."""
+def config(tmp_path, disks, snippet="true", **options):
+    """An xl config for a busybox guest that runs snippet, then powers off
+    (options: see guest.write_config)."""
     name = f"xbtest{os.getpid()}-{next(_names)}"
     path = tmp_path / f"{name}.cfg"
-    guest.write_config(str(path), name, disks, snippet)
+    guest.write_config(str(path), name, disks, snippet, **options)
     return name, str(path)
 
 
-def run_guest(tmp_path, disks, snippet, timeout=300):
+def run_guest(tmp_path, disks, snippet, timeout=300, **options):
     """xl create -c: the guest's XBGUEST lines and exit status, once it is gone."""
-    name, path = config(tmp_path, disks, snippet)
+    name, path = config(tmp_path, disks, snippet, **options)
     result = xl("create", "-c", path, timeout=timeout)
     assert result.returncode == 0, f"xl create failed:\n{result.stdout}\n{result.stderr}"
     wait_gone(name)
@@ -54,3 +55,9 @@ def wait_gone(name, timeout=60):
 
 def disk(target, vdev="xvda", access="w", script="block-file"):
     return f"vdev={vdev},access={access},script={script},target={target}"
+
+
+def domid(name):
+    result = xl("domid", name)
+    assert result.returncode == 0, f"no domain {name}: {result.stderr}"
+    return int(result.stdout)
