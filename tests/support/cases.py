@@ -6,6 +6,7 @@ the tier's fixtures check for loop devices and state files left behind.
 """
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -386,6 +387,36 @@ def test_the_log_has_one_line_per_add_and_remove(driver, images):
     assert len(lines) == 2, lines
     assert f"add {key}: {path} -> {node}" in lines[0] and f"domain {DOM_A}" in lines[0]
     assert f"remove {key}: took down {path} ({node}) of domain {DOM_A}" in lines[1]
+
+
+def test_the_lines_go_to_syslog_too(driver, images, tmp_path):
+    # The script runs in a mount namespace of its own where /dev/log is our
+    # socket, as syslog's: glibc's syslog() always writes to /dev/log.
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "dev-log"))
+    receiver.settimeout(10)
+    config = tmp_path / "syslog.conf"
+    config.write_text(f"[general]\nstate_dir = {driver.state_dir}\nlog_file = {driver.log_file}\nsyslog = yes\n")
+    mount_target_made = not os.path.lexists("/dev/log")  # a bind mount needs something to cover
+    if mount_target_made:
+        open("/dev/log", "w").close()
+    wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               'mount --bind "$0" /dev/log && exec "$@"', str(tmp_path / "dev-log")]
+    path = images("syslogged.img")
+    key = driver.backend(path, frontend_id=DOM_A)
+    try:
+        for command in ("add", "remove"):
+            result = driver.run(command, key, env={"XENBLOCK_CONFIG": str(config)}, wrapper=wrapper)
+            assert result.returncode == 0, result.stderr
+    finally:
+        if mount_target_made:
+            os.unlink("/dev/log")
+    added, removed = receiver.recv(4096).decode(), receiver.recv(4096).decode()
+    receiver.close()
+    daemon_info = f"<{3 * 8 + 6}>"  # facility daemon (3), priority info (6)
+    assert added.startswith(daemon_info) and "block-file[" in added, added
+    assert f"add {key}: {path} -> /dev/loop" in added and f"domain {DOM_A}" in added, added
+    assert removed.startswith(daemon_info) and f"remove {key}: took down {path}" in removed, removed
 
 
 def test_direct_io_is_used_exactly_where_the_file_system_takes_it(driver, images):

@@ -49,11 +49,12 @@ class Driver:
         self.keys.append(key)
         return key
 
-    def run(self, command, key, script="block-file", env=None):
+    def run(self, command, key, script="block-file", env=None, wrapper=()):
+        """wrapper: argv words the script runs under (unshare ..., say)."""
         environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env,
                    "XENBUS_TYPE": "vbd", "XENBUS_PATH": key, "XENBUS_BASE_PATH": "backend",
                    "script": os.path.join(self.script_dir, script), **(env or {})}
-        return subprocess.run([os.path.join(self.script_dir, script), command], env=environ,
+        return subprocess.run([*wrapper, os.path.join(self.script_dir, script), command], env=environ,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
 
     def add(self, key, **kw):
