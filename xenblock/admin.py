@@ -5,6 +5,7 @@ import os
 import sys
 
 from . import config as config_module
+from .errors import HotplugError
 from .state import StateDir
 
 
@@ -13,8 +14,13 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="disks xenblock has built, from /run/xenblock")
     args = parser.parse_args(argv)
+    try:
+        config = config_module.load(os.environ)
+    except HotplugError as e:
+        print(f"xenblock: {e}", file=sys.stderr)
+        return 1
     if args.command == "list":
-        return list_records(config_module.load(os.environ))
+        return list_records(config)
     return 2
 
 

@@ -29,11 +29,16 @@ def main(argv, environ):
               "(libxl runs this script for disks with script=; see xenblock's README)",
               file=sys.stderr)
         return 1
-    config = config_module.load(environ)
+    try:
+        config, broken = config_module.load(environ), None
+    except HotplugError as e:  # still log and report it, with the default settings
+        config, broken = config_module.Config(), e
     log = Log(config, program)
     started = time.monotonic()
     try:
         with xenstore.XenStore(environ) as xs:
+            if broken is not None:
+                return _fail(command, key, str(broken), xs, log)
             status = _run(command, key, _disk_type(program, environ), xs, config, log)
     except ConnectionError as e:  # nowhere to write hotplug-error: the log has it
         log.error(f"{command} {key}: failed: {e}")

@@ -12,7 +12,6 @@ lock files. A waiter may then hold a lock on an unlinked file; it notices
 import contextlib
 import fcntl
 import os
-import signal
 
 from .errors import HotplugError
 
@@ -89,7 +88,10 @@ def _try_flock(fd):
 
 
 def _flock_within(fd, timeout, path):
-    # flock has no timeout of its own: an alarm interrupts the wait.
+    if _try_flock(fd):
+        return  # free, as it mostly is: no alarm to set, no signal module to import
+    import signal  # flock has no timeout of its own: an alarm interrupts the wait
+
     def expire(signum, frame):
         raise LockTimeout(f"waited {timeout:g} s for {path}, held by another xenblock run")
 

@@ -4,6 +4,10 @@ Attaching: LOOP_CTL_GET_FREE names a free device, LOOP_CONFIGURE binds it in
 one ioctl. If another process (losetup, say) binds that device first, the
 kernel answers EBUSY and we ask again: no find-then-attach race.
 
+No waiting for the device node: LOOP_CTL_GET_FREE adds a missing device
+and devtmpfs creates /dev/loopN before that ioctl returns (udev only adds
+links and permissions later), so the node is there to open and to publish.
+
 Every loop device xenblock binds carries a mark in lo_file_name (readable
 with LOOP_GET_STATUS64; sysfs still shows the real backing file), so a
 leftover can be told from anyone else's loop device even without a record.

@@ -11,7 +11,6 @@ process per vbd): our own records, the loop devices bound to the same inode
 blkback's sysfs entries, dom0's mounts and stacked devices.
 """
 import fcntl
-import signal
 from collections import namedtuple
 
 from . import blockdev, build, locks, loop
@@ -61,6 +60,7 @@ def opened_only_through(fd):
     system calls; an open() meanwhile waits for its release and would send
     us SIGIO, whose default action is to kill: ignored meanwhile.
     """
+    import signal  # here: adds of block devices and removes do without it
     previous = signal.signal(signal.SIGIO, signal.SIG_IGN)
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)

@@ -20,3 +20,12 @@ def test_xenblock_list_shows_each_record(tmp_path, capsys, monkeypatch):
 def test_xenblock_without_a_subcommand_explains_itself():
     result = subprocess.run([sys.executable, "-m", "xenblock.admin"], capture_output=True, text=True)
     assert result.returncode != 0
+
+
+def test_xenblock_names_a_mistake_in_its_config_file(tmp_path):
+    config = tmp_path / "x.conf"
+    config.write_text("[general]\nstate_dir = relative\n")
+    result = subprocess.run([sys.executable, "-m", "xenblock.admin", "list"], capture_output=True, text=True,
+                            env={"XENBLOCK_CONFIG": str(config), "PYTHONPATH": "."})
+    assert result.returncode == 1
+    assert result.stderr == f"xenblock: {config} line 2: 'relative': expected an absolute path\n"

@@ -1,3 +1,5 @@
+import pytest
+
 from xenblock import config
 
 
@@ -9,9 +11,11 @@ def test_defaults_without_a_file(tmp_path):
 
 def test_file_and_environment(tmp_path):
     path = tmp_path / "x.conf"
-    path.write_text("[general]\nstate_dir = /tmp/xb\ndebug = no\nlock_timeout = 5\n[file]\ndirect_io = no\n")
+    path.write_text("# a comment\n[general]\nstate_dir = /tmp/xb\n  ; another\ndebug = no\nlock_timeout = 5\n"
+                    "syslog=off\n[file]\ndirect_io = No\n")
     loaded = config.load({"XENBLOCK_CONFIG": str(path), "XENBLOCK_DEBUG": "1"})
-    assert (loaded.state_dir, loaded.debug, loaded.lock_timeout, loaded.direct_io) == ("/tmp/xb", True, 5.0, False)
+    assert loaded == config.Config(state_dir="/tmp/xb", debug=True, lock_timeout=5.0, syslog=False,
+                                   direct_io=False)
 
 
 def test_shipped_config_file_states_the_defaults():
@@ -22,3 +26,29 @@ def test_shipped_config_file_states_the_defaults():
     for name, value in [("state_dir", "/run/xenblock"), ("log_file", "/var/log/xen/xen-hotplug.log"),
                         ("lock_timeout", "30"), ("direct_io", "yes"), ("debug", "no"), ("syslog", "yes")]:
         assert f"#{name} = {value}\n" in text
+    # ... and nothing else: every setting the code knows is documented there.
+    assert {name for _, name in config.SETTINGS} == {
+        line[1:].split(" = ")[0] for line in text.splitlines() if line.startswith("#") and line[1:2].isalpha()}
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[general]\ndebgu = yes\n", "line 2: unknown setting 'debgu' in [general]"),
+    ("[generl]\n", "line 1: unknown section [generl]"),
+    ("debug = yes\n", "line 1: expected `name = value` under a [section]"),
+    ("[general]\ndebug\n", "line 2: expected `name = value`"),
+    ("[general]\ndebug = maybe\n", "line 2: 'maybe': expected yes or no"),
+    ("[general]\n\nlock_timeout = soon\n", "line 3: 'soon': expected a number of seconds"),
+    ("[general]\nlock_timeout = 0\n", "expected a number of seconds, more than 0"),
+    ("[general]\nstate_dir = run/xenblock\n", "'run/xenblock': expected an absolute path"),
+])
+def test_mistakes_name_the_file_and_line(tmp_path, text, words):
+    path = tmp_path / "bad.conf"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=f"^{path} ") as raised:
+        config.load({"XENBLOCK_CONFIG": str(path)})
+    assert words in str(raised.value)
+
+
+def test_a_bad_debug_switch_in_the_environment_is_named(tmp_path):
+    with pytest.raises(config.ConfigError, match="XENBLOCK_DEBUG in the environment: 'verbose'"):
+        config.load({"XENBLOCK_CONFIG": str(tmp_path / "none.conf"), "XENBLOCK_DEBUG": "verbose"})

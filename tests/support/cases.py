@@ -354,6 +354,15 @@ def run_concurrently(driver, command, keys):
     return results
 
 
+def test_a_mistake_in_the_config_file_fails_the_disk_naming_the_line(driver, images, tmp_path):
+    config = tmp_path / "typo.conf"
+    config.write_text("[general]\ndebgu = yes\n")
+    key = driver.backend(images("config.img"))
+    result = driver.add(key, env={"XENBLOCK_CONFIG": str(config)})
+    assert_failed(result, driver, key, f"{config} line 2: unknown setting 'debgu' in [general]")
+    assert driver.state_files() == []
+
+
 def test_a_script_named_for_an_unknown_type_says_so(driver, images, tmp_path):
     os.symlink(os.path.join(driver.script_dir, "block-file"), tmp_path / "block-nosuch")
     key = driver.backend(images("any.img"), script="block-nosuch")
