@@ -167,14 +167,16 @@ def test_dom0_does_not_activate_a_volume_group_inside_a_guest_disk(images, tmp_p
         # No metadata backups in /etc/lvm: the leak check would see them.
         quiet = ["-q", "--config", "backup { backup = 0 archive = 0 }"]
         for argv in (["pvcreate", *quiet, node], ["vgcreate", *quiet, vg, node],
-                     ["lvcreate", *quiet, "-an", "-L", "8M", "-n", "inner", vg], ["vgchange", *quiet, "-an", vg]):
+                     ["lvcreate", *quiet, "-an", "-L", "8M", "-n", "inner", vg]):
             subprocess.run(argv, check=True, capture_output=True)
+        _deactivate(vg, quiet)
     finally:
         subprocess.run(["losetup", "-d", node], check=True)
     subprocess.run(["udevadm", "settle"], check=False)
     # A paused guest: its disk is attached, and no frontend in dom0 shows it.
     name, cfg = config(tmp_path, [disk(path)])
-    assert xl("create", "-p", cfg).returncode == 0
+    result = xl("create", "-p", cfg)
+    assert result.returncode == 0, result.stderr
     try:
         subprocess.run(["udevadm", "settle"], check=False)
         dm = subprocess.run(["dmsetup", "ls"], capture_output=True, text=True).stdout
@@ -186,6 +188,19 @@ def test_dom0_does_not_activate_a_volume_group_inside_a_guest_disk(images, tmp_p
         xl("destroy", name)
         wait_gone(name)
     subprocess.run(["pvscan", "--cache"], capture_output=True)
+
+
+def _deactivate(vg, quiet):
+    """The set-up loop device is not xenblock's: dom0's udev may auto-activate
+    the new volume group on it (69-lvm.rules, once LVM's writes end), after
+    any vgchange -an we run. Let udev finish, then deactivate, until it stays so."""
+    for _ in range(5):
+        subprocess.run(["udevadm", "settle", "--timeout=60"], check=False)
+        subprocess.run(["vgchange", *quiet, "-an", vg], check=True, capture_output=True)
+        subprocess.run(["udevadm", "settle", "--timeout=60"], check=False)
+        if vg not in subprocess.run(["dmsetup", "ls"], capture_output=True, text=True).stdout:
+            return
+    raise AssertionError(f"cannot keep {vg} inactive while setting the test up")
 
 
 def _loop_of(path):
