@@ -125,6 +125,25 @@ def test_missing_image_names_the_path_and_leaves_nothing(driver, images):
     assert path in result.stderr or driver.env.get("XENBLOCK_STDERR_IS_LOG")
 
 
+def test_every_bad_target_is_named_and_leaves_nothing(driver, images, tmp_path):
+    tiny = images("tiny.img", size=100)
+    fd = os.open(images("ro-device.img"), os.O_RDONLY)
+    read_only_device = loop.attach(fd, True, False, "xenblock-test-ro", lambda number: None)
+    os.close(fd)
+    try:
+        for target, words in (
+                (tiny, f"{tiny}: image is 100 bytes, smaller than one 512-byte sector"),
+                ("relative/disk.img", "'relative/disk.img' is not an absolute path"),
+                (str(tmp_path), f"{tmp_path}: not an image file or block device"),
+                ("   ", "empty target: give the path of an image file or block device"),
+                (read_only_device.node, f"{read_only_device.node}: block device is read-only; use access=r")):
+            key = driver.backend(target, mode="w")
+            assert_failed(driver.add(key), driver, key, words)
+            assert driver.state_files() == [], target
+    finally:
+        loop.detach(read_only_device.node, read_only_device.diskseq, "xenblock-test-ro")
+
+
 def test_read_only_file_asked_for_writing_is_refused(driver, images):
     path = images("locked.img", mode=0o444)
     key = driver.backend(path, mode="w")
