@@ -210,14 +210,10 @@ def test_an_image_bound_read_write_by_someone_else_is_refused(driver, images):
 
 def add_logged(driver, key):
     """add with debug logging: the log lines it wrote."""
-    with open(driver.log_file, "a"):
-        pass
-    start = os.path.getsize(driver.log_file)
+    start = driver.log_offset()
     result = driver.add(key, env={"XENBLOCK_DEBUG": "1"})
     assert result.returncode == 0, result.stderr
-    with open(driver.log_file) as f:
-        f.seek(start)
-        return f.read()
+    return "\n".join(driver.log_since(start))
 
 
 def test_an_image_open_nowhere_else_is_not_scanned_for(driver, images):
@@ -403,15 +399,11 @@ def test_without_a_command_or_path_the_script_explains_itself(driver):
 def test_the_log_has_one_line_per_add_and_remove(driver, images):
     path = images("logged.img")
     key = driver.backend(path, frontend_id=DOM_A)
-    with open(driver.log_file, "a"):
-        pass
-    start = os.path.getsize(driver.log_file)
+    start = driver.log_offset()
     assert driver.add(key).returncode == 0
     node = driver.read(f"{key}/physical-device-path")
     assert driver.remove(key).returncode == 0
-    with open(driver.log_file) as f:
-        f.seek(start)
-        lines = [line for line in f.read().splitlines() if key in line]
+    lines = [line for line in driver.log_since(start) if key in line]
     assert len(lines) == 2, lines
     assert f"add {key}: {path} -> {node}" in lines[0] and f"domain {DOM_A}" in lines[0]
     assert f"remove {key}: took down {path} ({node}) of domain {DOM_A}" in lines[1]

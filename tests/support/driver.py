@@ -67,6 +67,17 @@ class Driver:
         """What libxl does after remove: the backend directory goes."""
         self.delete(key)
 
+    def log_offset(self):
+        """Where the hotplug log ends now (made if missing); see log_since."""
+        with open(self.log_file, "a"):
+            return os.path.getsize(self.log_file)
+
+    def log_since(self, offset):
+        """The hotplug log's lines written after log_offset() gave offset."""
+        with open(self.log_file) as f:
+            f.seek(offset)
+            return f.read().splitlines()
+
     def state_files(self):
         """Every file under the state directory (records, locks, udev markers)."""
         found = []

@@ -7,24 +7,12 @@ from tests.vm import guest
 from tests.xen.xl import config, create_fails, disk, domid, run_guest, wait_gone, xl
 
 MARK = b"xenblock-guest-marker"
-HOTPLUG_LOG = "/var/log/xen/xen-hotplug.log"
 
 
 def read_at(path, offset, size):
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read(size)
-
-
-def log_size():
-    with open(HOTPLUG_LOG, "a"):
-        return os.path.getsize(HOTPLUG_LOG)
-
-
-def log_since(offset):
-    with open(HOTPLUG_LOG) as f:
-        f.seek(offset)
-        return f.read().splitlines()
 
 
 def wait_for(path, timeout=30):
@@ -103,23 +91,23 @@ def test_dom0_attach_then_guest_attach_like_pygrub(images, tmp_path):
     assert lines[0] == MARK.decode()
 
 
-def test_a_guest_booted_by_pygrub_gets_its_disk_in_dom0_then_in_the_guest(tmp_path):
+def test_a_guest_booted_by_pygrub_gets_its_disk_in_dom0_then_in_the_guest(driver, tmp_path):
     # libxl attaches a script= disk to dom0 for pygrub to read the kernel
     # from, detaches it, then attaches it to the guest: two add/remove cycles.
     path = str(tmp_path / "pygrub-boot.img")
     guest.write_boot_disk(path)
-    start = log_size()
+    start = driver.log_offset()
     ext2_magic = "dd if=/dev/xvda bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1"
     lines, status = run_guest(tmp_path, [disk(path)], ext2_magic, bootloader="pygrub")
     assert status == 0 and lines[0].split() == ["53", "ef"], lines
-    ours = [line for line in log_since(start) if path in line]
+    ours = [line for line in driver.log_since(start) if path in line]
     adds = [line for line in ours if " add " in line]
     removes = [line for line in ours if " remove " in line]
     assert len(adds) == 2 and len(removes) == 2, ours
     assert "for domain 0 (Domain-0)" in adds[0] and "for domain 0" not in adds[1], adds
 
 
-def test_two_domains_of_one_vm_share_a_writable_disk_and_no_other_guest_does(images, tmp_path):
+def test_two_domains_of_one_vm_share_a_writable_disk_and_no_other_guest_does(images, tmp_path, xs_client):
     # A live migration's destination domain is created with the source's
     # uuid, so both have the same /vm/<uuid> node while both hold the disk.
     # (Real `xl migrate` of a PV guest needs log-dirty, which Debian's Xen
@@ -133,7 +121,7 @@ def test_two_domains_of_one_vm_share_a_writable_disk_and_no_other_guest_does(ima
         assert xl("create", "-p", source_cfg).returncode == 0
         result = xl("create", "-p", twin_cfg)
         assert result.returncode == 0, result.stderr
-        vms = {xl_read(f"/local/domain/{domid(name)}/vm") for name in names}
+        vms = {xs_client.read(f"/local/domain/{domid(name)}/vm".encode()).decode() for name in names}
         assert vms == {f"/vm/{uuid}"}, vms
         output = create_fails(tmp_path, [disk(path)])
         assert f"{path}: already in use read-write by domain" in output, output
@@ -141,10 +129,6 @@ def test_two_domains_of_one_vm_share_a_writable_disk_and_no_other_guest_does(ima
         for name in names:
             xl("destroy", name)
             wait_gone(name)
-
-
-def xl_read(key):
-    return subprocess.run(["xenstore-read", key], capture_output=True, text=True).stdout.strip()
 
 
 def test_block_device_is_passed_through_to_a_guest(images, tmp_path):
