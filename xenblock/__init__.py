@@ -5,11 +5,14 @@ Layout (one job per module):
   lifecycle  add/remove of one disk: leftovers, sharing check, build, rollback
   types/     one module per disk type, registered in types.TYPES
   state      the teardown record per backend path under /run/xenblock
+  deadline   the run's one deadline, from libxl's time limits
   locks      flock-based locks that never outlive or leak into children
   xenstore   the one xenstore connection of a run (pyxs)
   loop       loop devices through the kernel's ioctls
   blockdev   facts about block devices from sysfs and /proc
+  source     what a target path names, resolved and opened once
   sharing    who else uses an image, and whether that forbids this request
+  procfs     who holds a lock or a device, for errors
   config     /etc/xenblock/xenblock.conf
   log        one line per add/remove to xen-hotplug.log and syslog
 """

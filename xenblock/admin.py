@@ -15,17 +15,17 @@ def main(argv=None):
     sub.add_parser("list", help="disks xenblock has built, from /run/xenblock")
     args = parser.parse_args(argv)
     try:
-        config = config_module.load(os.environ)
+        config_module.load(os.environ)  # a mistake in it fails every add: say so here too
     except HotplugError as e:
         print(f"xenblock: {e}", file=sys.stderr)
         return 1
     if args.command == "list":
-        return list_records(config)
+        return list_records(StateDir())
     return 2
 
 
-def list_records(config):
-    records = StateDir(config.state_dir).records()
+def list_records(state):
+    records = state.records()
     for record in records:
         devices = ", ".join(step.get("node", "?") for step in record["steps"]) or "-"
         print(f"{record['key']}\t{record['type']}\t{record['mode']}\t{record['state']}\t"

@@ -38,8 +38,12 @@ Device = namedtuple("Device", "path devnum detail", defaults=("",))
 
 
 def read_attribute(devnum, *parts):
+    return _read(devnum.sysfs(*parts))
+
+
+def _read(path):
     try:
-        with open(devnum.sysfs(*parts)) as f:
+        with open(path) as f:
             return f.read().strip()
     except FileNotFoundError:
         return None
@@ -55,10 +59,16 @@ def is_read_only(devnum):
     return read_attribute(devnum, "ro") == "1"
 
 
-def with_partitions(devnum):
-    """devnum and the device numbers of its partitions."""
+def family(devnum):
+    """devnum with the devices that share its sectors: a whole disk's
+    partitions, or a partition's whole disk. A writer of one conflicts with
+    any user of the others."""
     found = [devnum]
-    for name in _listdir(devnum.sysfs()):
+    if os.path.exists(devnum.sysfs("partition")):
+        whole = os.path.dirname(os.path.realpath(devnum.sysfs()))
+        number = _read(os.path.join(whole, "dev"))
+        return found + [Devnum.parse(number)] if number else found
+    for name in listdir(devnum.sysfs()):
         if os.path.exists(devnum.sysfs(name, "partition")):
             number = read_attribute(devnum, name, "dev")
             if number:
@@ -81,7 +91,7 @@ def mounts(devnums):
 
 def holders(devnum):
     """Kernel devices stacked on devnum (dm, md, ...)."""
-    return sorted(_listdir(devnum.sysfs("holders")))
+    return sorted(listdir(devnum.sysfs("holders")))
 
 
 def vbd_users(devnum):
@@ -92,7 +102,7 @@ def vbd_users(devnum):
     no xenstore request per vbd (Xen's own script pays one process per vbd).
     """
     found = []
-    for name in _listdir(XEN_BACKEND_DEVICES):
+    for name in listdir(XEN_BACKEND_DEVICES):
         if not name.startswith("vbd-"):
             continue
         directory = os.path.join(XEN_BACKEND_DEVICES, name)
@@ -109,25 +119,27 @@ def vbd_users(devnum):
     return found
 
 
-def claimed_exclusively(path):
-    """Whether dom0 holds the device exclusively (mounted, dm/md/LVM member).
-
-    An O_EXCL open of a block device fails with EBUSY exactly then, for the
-    device and, for a whole disk, for any of its partitions.
-    """
+def claimed_exclusively(fd, path):
+    """Whether dom0 holds the device open on fd exclusively (mounted,
+    dm/md/LVM member, swap). An O_EXCL open of a block device fails with
+    EBUSY exactly then, for the device and, for a whole disk, for any of its
+    partitions. Reopened through /proc/self/fd: the device checked is the
+    one resolved, whatever path names now."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+        claim = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
     except OSError as e:
         if e.errno == errno.EBUSY:
             return True
         raise HotplugError(f"{path}: cannot open: {e.strerror}") from e
-    os.close(fd)
+    os.close(claim)
     return False
 
 
-def _listdir(path):
-    # glob would cost the hotplug path the import of fnmatch and re.
+def listdir(path):
+    """Names in a sysfs or /proc directory; none if it is gone (a device or
+    process that went meanwhile). glob would cost the hotplug path the import
+    of fnmatch and re."""
     try:
         return os.listdir(path)
-    except FileNotFoundError:
+    except OSError:
         return []

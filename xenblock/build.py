@@ -8,12 +8,15 @@ the teardown record afterwards: one list, never two places.
 import os
 
 from . import loop
+from .errors import HotplugError
+
 
 class Build:
-    def __init__(self, state, record, config):
+    def __init__(self, state, record, config, deadline):
         self.state = state
         self.record = record
         self.config = config
+        self.deadline = deadline
 
     def intend(self, undo, **data):
         step = {"undo": undo, **data}
@@ -32,18 +35,28 @@ class Build:
             self.save()
             _write_marker(self.state.marker_dir, number, step["mark"])
 
-        device = loop.attach(backing_fd, read_only, direct_io, step["mark"], before_bind,
-                             self.config.lock_timeout)
+        def lost_race(number):
+            # The device is someone else's now: udev must go on seeing it.
+            _remove_marker(self.state.marker_dir, f"/dev/loop{number}", step["mark"])
+
+        device = loop.attach(backing_fd, read_only, direct_io, step["mark"], before_bind, lost_race,
+                             self.deadline)
         step.update(node=device.node, diskseq=device.diskseq, devnum=str(device.devnum))
         self.save()
         return device
 
 
-def undo_loop(step, state):
+def undo_loop(step, state, deadline):
     node = step.get("node")
     if node is None:
         return  # killed before a device was chosen: nothing was bound
-    loop.detach(node, step.get("diskseq"), step["mark"])
+    devnum = loop.detach(node, step.get("diskseq"), step["mark"], deadline)
+    if devnum is not None and not loop.wait_unbound(devnum, step.get("diskseq"), deadline):
+        from .sharing import device_users  # only when something holds it
+        holders = "; ".join(user.what for user in device_users(devnum, openers=True)) or "an unknown holder"
+        raise HotplugError(
+            f"{node} is still in use, by {holders}: it stays bound to its image (the kernel unbinds "
+            f"it when the last user lets go); the record is kept for a later remove to finish")
     _remove_marker(state.marker_dir, node, step["mark"])
 
 
@@ -51,12 +64,13 @@ def undo_loop(step, state):
 UNDO = {"loop": undo_loop}
 
 
-def teardown(record, state):
+def teardown(record, state, deadline):
     """Undo a record's steps, newest first, saving progress after each, so a
-    remove killed half-way resumes where it stopped; then drop the record."""
+    remove killed or failing half-way resumes where it stopped; then drop the
+    record. A step that cannot be undone raises, and stays recorded."""
     steps = record["steps"]
     while steps:
-        UNDO[steps[-1]["undo"]](steps[-1], state)
+        UNDO[steps[-1]["undo"]](steps[-1], state, deadline)
         steps.pop()
         state.save(record)
     state.delete(record["key"])

@@ -19,8 +19,8 @@ FLAG_WORDS = {"1": True, "yes": True, "true": True, "on": True,
               "0": False, "no": False, "false": False, "off": False}
 
 Config = namedtuple(
-    "Config", "state_dir log_file debug syslog lock_timeout direct_io",
-    defaults=("/run/xenblock", "/var/log/xen/xen-hotplug.log", False, True, 30.0, True))
+    "Config", "log_file debug syslog direct_io",
+    defaults=("/var/log/xen/xen-hotplug.log", False, True, True))
 
 
 class ConfigError(HotplugError):
@@ -34,16 +34,6 @@ def _flag(text):
         raise ValueError("expected yes or no") from None
 
 
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 < value <= 3600:
-        raise ValueError("expected a number of seconds, more than 0 and at most 3600")
-    return value
-
-
 def _path(text):
     if not text.startswith("/"):
         raise ValueError("expected an absolute path")
@@ -52,51 +42,70 @@ def _path(text):
 
 # (section, name in the file) -> (Config field, conversion)
 SETTINGS = {
-    ("general", "state_dir"): ("state_dir", _path),
     ("general", "log_file"): ("log_file", _path),
     ("general", "debug"): ("debug", _flag),
     ("general", "syslog"): ("syslog", _flag),
-    ("general", "lock_timeout"): ("lock_timeout", _seconds),
     ("file", "direct_io"): ("direct_io", _flag),
 }
 
 
 def load(environ):
+    """The settings; raises ConfigError naming the first mistake."""
+    config, mistakes = load_all(environ)
+    if mistakes:
+        raise mistakes[0]
+    return config
+
+
+def load_all(environ):
+    """(the settings with every mistaken line left out, [ConfigError, ...]):
+    for a teardown, which must go on with what it can."""
     path = environ.get("XENBLOCK_CONFIG", DEFAULT_PATH)
-    values = _read(path)
+    values, mistakes = _read(path)
     if "XENBLOCK_DEBUG" in environ:
-        values["debug"] = _converted(_flag, environ["XENBLOCK_DEBUG"], "XENBLOCK_DEBUG in the environment")
-    return Config(**values)
+        try:
+            values["debug"] = _converted(_flag, environ["XENBLOCK_DEBUG"], "XENBLOCK_DEBUG in the environment")
+        except ConfigError as e:
+            mistakes.append(e)
+    return Config(**values), mistakes
 
 
 def _read(path):
-    """The settings path gives, by Config field; {} if there is no file."""
+    """(the settings path gives, by Config field, [ConfigError, ...]); no
+    settings if there is no file."""
     try:
         with open(path) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        return {}
+        return {}, []
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    values, section = {}, None
+        return {}, [ConfigError(f"{path}: cannot read: {e.strerror}")]
+    values, mistakes, section = {}, [], None
     for number, line in enumerate(lines, 1):
-        line = line.strip()
-        where = f"{path} line {number}"
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1].strip()
-            if section not in {s for s, _ in SETTINGS}:
-                raise ConfigError(f"{where}: unknown section [{section}]")
-            continue
-        name, equals, value = (part.strip() for part in line.partition("="))
-        if not equals or section is None:
-            raise ConfigError(f"{where}: expected `name = value` under a [section], not {line!r}")
-        if (section, name) not in SETTINGS:
-            raise ConfigError(f"{where}: unknown setting {name!r} in [{section}]")
-        field, convert = SETTINGS[section, name]
-        values[field] = _converted(convert, value, where)
-    return values
+        try:
+            section = _line(line.strip(), f"{path} line {number}", section, values)
+        except ConfigError as e:
+            mistakes.append(e)
+    return values, mistakes
+
+
+def _line(line, where, section, values):
+    """Read one line into values; returns the section in force after it."""
+    if not line or line.startswith(("#", ";")):
+        return section
+    if line.startswith("[") and line.endswith("]"):
+        section = line[1:-1].strip()
+        if section not in {s for s, _ in SETTINGS}:
+            raise ConfigError(f"{where}: unknown section [{section}]")
+        return section
+    name, equals, value = (part.strip() for part in line.partition("="))
+    if not equals or section is None:
+        raise ConfigError(f"{where}: expected `name = value` under a [section], not {line!r}")
+    if (section, name) not in SETTINGS:
+        raise ConfigError(f"{where}: unknown setting {name!r} in [{section}]")
+    field, convert = SETTINGS[section, name]
+    values[field] = _converted(convert, value, where)
+    return section
 
 
 def _converted(convert, text, where):

@@ -5,12 +5,11 @@ class HotplugError(Exception):
     """A failure the administrator can act on: what, which path, why."""
 
 
-class CommandError(HotplugError):
-    """An external tool failed; carries what is needed to understand why."""
-
-    def __init__(self, argv, returncode, stderr):
-        self.argv = list(argv)
-        self.returncode = returncode
-        self.stderr = stderr.strip()
-        last = self.stderr.splitlines()[-1] if self.stderr else "no message"
-        super().__init__(f"{self.argv[0]} failed (exit {returncode}): {last}")
+def one_line(text):
+    """text with control characters escaped as Python writes them (\\n,
+    \\x1b, ...): a target or node quoted in a message is whatever a domU
+    config said, and must neither break the line into two (forging a log
+    line, or making xenstore refuse the hotplug-error) nor reach a terminal."""
+    if text.isprintable():
+        return text  # the common case, without building a new string
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -5,8 +5,6 @@ undo the leftovers of an earlier add of the same backend that was killed;
 then check, refuse a conflicting sharer, build with a record, publish.
 remove: undo exactly what the record names; nothing recorded, nothing to do.
 """
-import contextlib
-import os
 from collections import namedtuple
 
 from . import locks
@@ -17,8 +15,8 @@ from .state import new_record
 
 
 # One run's surroundings: key is XENBUS_PATH, xs the xenstore.XenStore,
-# state the state.StateDir.
-Context = namedtuple("Context", "key disk_type xs state config log")
+# state the state.StateDir, deadline the run's deadline.Deadline.
+Context = namedtuple("Context", "key disk_type xs state config log deadline")
 
 
 def add(ctx):
@@ -31,16 +29,17 @@ def add(ctx):
     ctx.log.debug(f"add {ctx.key}: {request}")
     leftover = ctx.state.load(ctx.key)
     if leftover is not None:
-        teardown(leftover, ctx.state)
+        teardown(leftover, ctx.state, ctx.deadline)
         ctx.log.info(f"undid the leftovers of an earlier add of {ctx.key}")
-    source = module.check(module.parse(request.target), request)
-    record = new_record(ctx.key, ctx.disk_type, request)
-    record["image"] = source.image_id
-    # Held from the sharing check until the record is saved: two adds of one
-    # image cannot both see "no other user". Other images are not held up.
-    with _image_locked(source, ctx) as image_fd:
-        _refuse_conflicts(source, image_fd, request, ctx)
-        device = _build(module, source, request, record, ctx)
+    ctx.state.sweep()
+    with module.check(module.parse(request.target), request) as source:
+        record = new_record(ctx.key, ctx.disk_type, request)
+        record["image"] = source.image_id
+        # Held from the sharing check until the record is saved: two adds of one
+        # image cannot both see "no other user". Other images are not held up.
+        with _image_locked(source, ctx):
+            _refuse_conflicts(source, request, ctx)
+            device = _build(module, source, request, record, ctx)
     _publish(device, record, ctx)
     guest = _guest_name(ctx.xs, request.frontend_id)
     return f"{request.target} -> {device.path} ({device.devnum}, {device.detail}) for {guest}"
@@ -48,10 +47,12 @@ def add(ctx):
 
 def remove(ctx):
     record = ctx.state.load(ctx.key)
+    ctx.state.sweep()  # what a killed add of this disk may have left, beside the record
     if record is None:
+        ctx.state.delete(ctx.key)  # a temporary record of an add killed at its first save
         return "nothing recorded, nothing to undo"
     devices = [step["node"] for step in record["steps"] if "node" in step]
-    teardown(record, ctx.state)
+    teardown(record, ctx.state, ctx.deadline)
     detail = f" ({', '.join(devices)})" if devices else ""
     return f"took down {record['target']}{detail} of domain {record['frontend_id']}"
 
@@ -65,28 +66,24 @@ def _type_module(disk_type):
         raise HotplugError(f"unknown disk type {disk_type!r}: this script must be one of {known}") from None
 
 
-@contextlib.contextmanager
 def _image_locked(source, ctx):
-    # The lock is a flock on the image itself: nothing to create or clean up.
-    # On a block device it is also what tells udev not to probe meanwhile.
-    # Yields the descriptor: the sharing check asks the kernel about it.
-    try:
-        fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise HotplugError(f"{source.path}: cannot open: {e.strerror}") from None
-    try:
-        with locks.on_descriptor(fd, ctx.config.lock_timeout, source.path):
-            yield fd
-    finally:
-        os.close(fd)
+    # A block device is locked by a flock on the device itself, which is also
+    # what tells udev not to probe it meanwhile. An image file gets a lock
+    # file named by its identity: a flock on the image would fail on NFS
+    # (emulated with POSIX locks, which need a writable descriptor) and meet
+    # QEMU's own locks on it.
+    what = f"the lock of {source.path}"
+    if source.devnum is not None:
+        return locks.on_descriptor(source.fd, ctx.deadline, what)
+    return locks.held(ctx.state.lock_path(f"image:{source.image_id}"), ctx.deadline, what)
 
 
-def _refuse_conflicts(source, image_fd, request, ctx):
+def _refuse_conflicts(source, request, ctx):
     from . import sharing  # add only
     if request.sharing_forced:
         ctx.log.info(f"{source.path}: mode {request.mode}: sharing check skipped on request")
         return
-    user = sharing.conflicting_user(source, image_fd, request, ctx)
+    user = sharing.conflicting_user(source, request, ctx)
     ctx.log.debug(f"{source.path} ({source.image_id}): conflicting user: {user}")
     if user is not None:
         theirs = "read-write" if user.writable else "read-only"
@@ -97,9 +94,9 @@ def _refuse_conflicts(source, image_fd, request, ctx):
 def _build(module, source, request, record, ctx):
     ctx.state.save(record)  # from here on, concurrent sharing checks see us
     try:
-        return module.attach(source, request, Build(ctx.state, record, ctx.config))
+        return module.attach(source, request, Build(ctx.state, record, ctx.config, ctx.deadline))
     except BaseException:
-        teardown(record, ctx.state)
+        teardown(record, ctx.state, ctx.deadline)
         raise
 
 
@@ -110,7 +107,7 @@ def _publish(device, record, ctx):
         "hotplug-status": "connected",
     })
     if not published:
-        teardown(record, ctx.state)
+        teardown(record, ctx.state, ctx.deadline)
         raise HotplugError(f"{ctx.key} vanished from xenstore while the disk was being built; undone")
     record["state"] = "connected"
     record["physical_device"] = device.devnum.xen_hex()

@@ -1,13 +1,18 @@
-"""Exclusive locks on files under the state directory, held with flock.
+"""Exclusive locks held with flock, waited for within the run's deadline.
 
 Why flock on a file descriptor: the kernel drops it when the process dies,
-SIGKILL included, so a killed script never leaves a lock behind. Every
+SIGKILL included, so a killed script never leaves a lock held. Every
 descriptor is opened O_CLOEXEC, so no child (a daemon above all) can inherit
 a lock and keep it after the script is gone.
 
-The lock file is unlinked by its holder on release, so /run does not fill with
+Lock files live under the state directory (a local tmpfs), never on the
+image itself: on NFS flock is emulated with POSIX locks, which need a
+descriptor opened for writing, and would meet QEMU's own locks on the image.
+A lock file is unlinked by its holder on release, so /run does not fill with
 lock files. A waiter may then hold a lock on an unlinked file; it notices
-(the path no longer names its inode) and tries again.
+(the path no longer names its inode) and tries again. A file left by a
+killed holder is unlinked by the next run that finds it free
+(state.StateDir.sweep).
 """
 import contextlib
 import fcntl
@@ -21,9 +26,10 @@ class LockTimeout(HotplugError):
 
 
 @contextlib.contextmanager
-def held(path, timeout):
-    """Hold the lock at path, waiting at most timeout seconds for it."""
-    fd = _acquire(path, timeout)
+def held(path, deadline, what):
+    """Hold the lock at path, waiting for it until deadline; what names it
+    in the error."""
+    fd = _acquire(path, deadline, what)
     try:
         yield
     finally:
@@ -31,10 +37,11 @@ def held(path, timeout):
 
 
 @contextlib.contextmanager
-def on_descriptor(fd, timeout, what):
-    """Hold an exclusive flock on an open file (an image, a device node):
-    nothing is created, so a killed holder leaves nothing behind."""
-    _flock_within(fd, timeout, what)
+def on_descriptor(fd, deadline, what):
+    """Hold an exclusive flock on an open block device or /dev/loop-control:
+    nothing is created, so a killed holder leaves nothing behind. On a block
+    device it is also what tells udev not to probe it meanwhile."""
+    _flock_within(fd, deadline, what)
     try:
         yield
     finally:
@@ -44,7 +51,7 @@ def on_descriptor(fd, timeout, what):
 @contextlib.contextmanager
 def held_if_free(path):
     """Hold the lock at path if nobody does; yields whether it is held."""
-    fd = _acquire(path, timeout=None)
+    fd = _acquire(path, None, path)
     try:
         yield fd is not None
     finally:
@@ -52,17 +59,17 @@ def held_if_free(path):
             _release(path, fd)
 
 
-def _acquire(path, timeout):
-    """timeout None: do not wait, return None if the lock is taken."""
+def _acquire(path, deadline, what):
+    """deadline None: do not wait, return None if the lock is taken."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            if timeout is None:
+            if deadline is None:
                 if not _try_flock(fd):
                     os.close(fd)
                     return None
             else:
-                _flock_within(fd, timeout, path)
+                _flock_within(fd, deadline, what)
         except BaseException:
             os.close(fd)
             raise
@@ -87,17 +94,21 @@ def _try_flock(fd):
         return False
 
 
-def _flock_within(fd, timeout, path):
+def _flock_within(fd, deadline, what):
     if _try_flock(fd):
         return  # free, as it mostly is: no alarm to set, no signal module to import
     import signal  # flock has no timeout of its own: an alarm interrupts the wait
+    waited = deadline.remaining()
 
     def expire(signum, frame):
-        raise LockTimeout(f"waited {timeout:g} s for {path}, held by another xenblock run")
+        from .procfs import flock_holder
+        raise LockTimeout(f"waited {waited:.1f} s for {what}, held by {flock_holder(fd)}")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
+        if waited == 0:
+            expire(None, None)
+        signal.setitimer(signal.ITIMER_REAL, waited)
         fcntl.flock(fd, fcntl.LOCK_EX)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)

@@ -10,6 +10,8 @@ import sys
 import syslog
 import time
 
+from .errors import one_line
+
 
 class Log:
     def __init__(self, config, program):
@@ -32,6 +34,7 @@ class Log:
             self._emit(syslog.LOG_DEBUG, message)
 
     def _emit(self, priority, message):
+        message = one_line(message)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         line = f"{stamp} {self.program}[{os.getpid()}]: {message}\n"
         self._append(line)

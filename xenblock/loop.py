@@ -40,8 +40,8 @@ NAME_SIZE = 64
 # A guest's partition table assumes 512-byte sectors; left at 0 the kernel
 # would copy a 4K drive's block size whenever the backing file is O_DIRECT.
 LOGICAL_BLOCK_SIZE = 512
-# udev and blkid may hold a device open for a moment after it changes.
-CLEAR_RETRY_SECONDS = 3.0
+# How often a wait for the kernel (an unbind, a busy device) looks again.
+POLL_SECONDS = 0.1
 
 
 class Loop(namedtuple("Loop", "number devnum diskseq")):
@@ -66,27 +66,30 @@ def mark_for(key):
     return "xenblock:#" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
-def attach(backing_fd, read_only, direct_io, mark, before_bind, lock_timeout=30):
+def attach(backing_fd, read_only, direct_io, mark, before_bind, lost_race, deadline):
     """Bind a free loop device to backing_fd; returns the Loop.
 
     before_bind(number) runs just before the bind is attempted (the caller
-    writes its udev marker there); it may run more than once when another
-    process takes the free device first. xenblock's own binds are serialised
-    by a flock on /dev/loop-control (microseconds each), so two of our runs
-    never prepare the same free device at once.
+    writes its udev marker there); lost_race(number) runs when another process
+    (util-linux losetup and mount -o loop take no lock of ours) bound that
+    device first, before the next number is tried: the caller withdraws what
+    before_bind did. xenblock's own binds are serialised by a flock on
+    /dev/loop-control (microseconds each), so two of our runs never prepare
+    the same free device at once.
     """
     flags = (LO_FLAGS_READ_ONLY if read_only else 0) | (LO_FLAGS_DIRECT_IO if direct_io else 0)
     info = LOOP_INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, flags, mark.encode()[: NAME_SIZE - 1], b"", b"", 0, 0)
     config = LOOP_CONFIG.pack(backing_fd, LOGICAL_BLOCK_SIZE, info, *([0] * 8))
     control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
     try:
-        with locks.on_descriptor(control, lock_timeout, "/dev/loop-control"):
+        with locks.on_descriptor(control, deadline, "/dev/loop-control"):
             while True:
                 number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
                 before_bind(number)
                 if _configure(number, config):
                     devnum = Devnum(*_major_minor(number))
                     return Loop(number, devnum, diskseq(devnum))
+                lost_race(number)
     finally:
         os.close(control)
 
@@ -166,8 +169,9 @@ def _kernel_dev(dev):
     return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
 
 
-def detach(node, expected_diskseq, mark):
-    """Unbind node if it is still the device we bound; True if it was ours.
+def detach(node, expected_diskseq, mark, deadline):
+    """Unbind node if it is still the device we bound; returns the Devnum to
+    watch with wait_unbound, None if there is nothing of ours to unbind.
 
     diskseq is never reused, so a device number handed to someone else after
     our device went away is recognised and left alone; the mark guards kernels
@@ -175,18 +179,18 @@ def detach(node, expected_diskseq, mark):
     """
     info = status(node)
     if info is None or info.mark != mark:
-        return False
+        return None
     devnum = Devnum(*_major_minor(int(node.removeprefix("/dev/loop"))))
     if expected_diskseq is not None and diskseq(devnum) != expected_diskseq:
-        return False
-    _clear(node)
-    return True
+        return None
+    _clear(node, deadline)
+    return devnum
 
 
-def _clear(node):
-    # LOOP_CLR_FD on a device still open elsewhere turns into autoclear on
-    # current kernels; older ones answer EBUSY while udev/blkid probe it.
-    deadline = time.monotonic() + CLEAR_RETRY_SECONDS
+def _clear(node, deadline):
+    # LOOP_CLR_FD on a device still open elsewhere only arms autoclear on
+    # current kernels (see wait_unbound); older ones answer EBUSY while
+    # udev/blkid probe it.
     while True:
         fd = os.open(node, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -195,9 +199,28 @@ def _clear(node):
         except OSError as e:
             if e.errno == errno.ENXIO:
                 return  # already unbound
-            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+            if e.errno != errno.EBUSY or deadline.expired():
                 raise HotplugError(f"cannot detach {node}: {e.strerror}") from e
         finally:
             os.close(fd)
-        time.sleep(0.1)
+        time.sleep(POLL_SECONDS)
 
+
+def wait_unbound(devnum, expected_diskseq, deadline):
+    """Whether the device unbound before deadline. After LOOP_CLR_FD the
+    kernel unbinds a device only when its last opener closes it (udev and
+    blkid for a moment, a dom0 mount or a process for as long as they like);
+    until then it stays bound to the image, read-write if it was. Watched in
+    sysfs: opening the device to ask would make us one more opener."""
+    while is_bound(devnum, expected_diskseq):
+        if deadline.expired():
+            return False
+        time.sleep(POLL_SECONDS)
+    return True
+
+
+def is_bound(devnum, expected_diskseq=None):
+    """Whether devnum is bound (and, given a diskseq, still that binding)."""
+    if read_attribute(devnum, "loop", "backing_file") is None:
+        return False
+    return expected_diskseq is None or diskseq(devnum) == expected_diskseq

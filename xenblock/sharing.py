@@ -8,22 +8,29 @@ live migration, and a guest's device-model stub domain.
 Users are found without scanning xenstore (which costs Xen's script one
 process per vbd): our own records, the loop devices bound to the same inode
 (looked for only when the kernel says someone else has the image open),
-blkback's sysfs entries, dom0's mounts and stacked devices.
+blkback's sysfs entries, dom0's mounts, stacked devices and exclusive claims.
+For a block device, the whole disk and its partitions share sectors: a user
+of one is a user of the others.
 """
 import fcntl
 from collections import namedtuple
 
 from . import blockdev, build, locks, loop
+from .errors import HotplugError
+
+# A record whose backend is gone is cleaned on the spot, but a device of it
+# that something still holds is not waited for at length: add has a disk to
+# build.
+ORPHAN_TEARDOWN_SECONDS = 1.0
 
 
 # Someone using an image; domid None: dom0 itself, or someone we cannot name.
 User = namedtuple("User", "what domid writable")
 
 
-def conflicting_user(source, image_fd, request, ctx):
-    """The first user that forbids the request, or None. image_fd: the
-    caller's descriptor of source.path (it holds the image's lock)."""
-    for user in users(source, image_fd, request, ctx):
+def conflicting_user(source, request, ctx):
+    """The first user that forbids the request, or None."""
+    for user in users(source, request, ctx):
         if not (request.writable or user.writable):
             continue
         if user.domid is not None and same_vm(ctx.xs, user.domid, request.frontend_id):
@@ -32,21 +39,28 @@ def conflicting_user(source, image_fd, request, ctx):
     return None
 
 
-def users(source, image_fd, request, ctx):
-    found = list(_record_users(source, ctx))
+def users(source, request, ctx):
+    found, recorded_loops = _record_users(source, ctx)
     if source.devnum is not None:
-        found += _device_users(source.devnum)
-        if request.writable and not found and blockdev.claimed_exclusively(source.path):
-            found.append(User("dom0 (mounted, or held by LVM, md or device-mapper)", None, True))
-    elif opened_only_through(image_fd):
+        found += device_users(source.devnum)
+        if request.writable and blockdev.claimed_exclusively(source.fd, source.path):
+            found.append(User("dom0 (mounted, or held by LVM, md, device-mapper or swap)", None, True))
+    elif opened_only_through(source.fd):
         ctx.log.debug(f"{source.path}: open nowhere else, so no loop device is bound to it")
     else:
         ctx.log.debug(f"{source.path}: open elsewhere: looking for loop devices bound to it")
         for node, devnum, info in loop.backed_by(source.stat):
-            if not info.mark.startswith("xenblock:"):  # ours are in the records
-                found += _device_users(devnum) or [
-                    User(f"{node}, a loop device not set up by xenblock", None, not info.read_only)]
+            if (devnum, info.mark) not in recorded_loops:
+                found += device_users(devnum) or [User(_unrecorded(node, info), None, not info.read_only)]
     return found
+
+
+def _unrecorded(node, info):
+    if info.mark.startswith("xenblock:"):
+        # A teardown that could not finish (something held the device) and
+        # whose record is gone: bound is bound, whoever bound it.
+        return f"{node}, a loop device xenblock bound that no record accounts for"
+    return f"{node}, a loop device not set up by xenblock"
 
 
 def opened_only_through(fd):
@@ -74,19 +88,27 @@ def opened_only_through(fd):
 
 
 def _record_users(source, ctx):
+    """Users that other disks' records name, and the (Devnum, mark) of the
+    loop devices those records account for."""
+    found, loops = [], set()
+    wanted = source.overlapping_ids()
     for record in ctx.state.records():
-        if record["key"] == ctx.key or record.get("image") != source.image_id:
+        if record["key"] == ctx.key or record.get("image") not in wanted:
             continue
         if _clean_if_orphaned(record, ctx):
             continue
         domid = record.get("frontend_id")
-        yield User(f"domain {domid} ({record['key']})", domid, record["writable"])
+        found.append(User(f"domain {domid} ({record['key']})", domid, record["writable"]))
+        loops |= {(blockdev.Devnum.parse(step["devnum"]), step["mark"])
+                  for step in record["steps"] if "devnum" in step}
+    return found, loops
 
 
 def _clean_if_orphaned(record, ctx):
     """A record whose backend is gone from xenstore will never see a remove
     (libxl runs scripts only while the backend exists): undo it now, unless a
-    run holds its lock (then it is alive). Returns whether it was cleaned."""
+    run holds its lock (then it is alive) or its device is still held (then
+    it is still a user). Returns whether it was cleaned."""
     if ctx.xs.exists(record["key"]):
         return False
     with locks.held_if_free(ctx.state.lock_path(record["key"])) as free:
@@ -94,19 +116,31 @@ def _clean_if_orphaned(record, ctx):
             return False
         current = ctx.state.load(record["key"])
         if current is not None:
-            build.teardown(current, ctx.state)
+            try:
+                build.teardown(current, ctx.state, ctx.deadline.capped(ORPHAN_TEARDOWN_SECONDS))
+            except HotplugError as e:
+                ctx.log.info(f"leftovers of vanished backend {record['key']} stay: {e}")
+                return False
             ctx.log.info(f"cleaned up leftovers of vanished backend {record['key']}")
     return True
 
 
-def _device_users(devnum):
-    found = [User(f"domain {domid} (vbd {devid})", domid, writable)
-             for domid, devid, writable in blockdev.vbd_users(devnum)]
-    for mount_point, writable in blockdev.mounts(blockdev.with_partitions(devnum)):
+def device_users(devnum, openers=False):
+    """Users of a block device and of the devices sharing its sectors:
+    guests (blkback), dom0 mounts, stacked devices, and with openers=True
+    (slow: a scan of /proc) every process that has one open."""
+    found, members = [], blockdev.family(devnum)
+    for member in members:
+        found += [User(f"domain {domid} (vbd {devid})", domid, writable)
+                  for domid, devid, writable in blockdev.vbd_users(member)]
+        found += [User(f"dom0 device {holder}, stacked on {member}", None, True)
+                  for holder in blockdev.holders(member)]
+        if openers:
+            from .procfs import openers as processes
+            found += [User(f"pid {pid} ({command})", None, True) for pid, command in processes(member)]
+    for mount_point, writable in blockdev.mounts(members):
         mode = "read-write" if writable else "read-only"
         found.append(User(f"dom0, mounted {mode} on {mount_point}", None, writable))
-    for holder in blockdev.holders(devnum):
-        found.append(User(f"dom0 device {holder}, stacked on it", None, True))
     return found
 
 

@@ -10,16 +10,24 @@ record or the new one, never half of one.
 Record fields: key (the XENBUS_PATH), type, target, mode, frontend_id,
 image (identity of the image, for the sharing check), writable, state
 ("building" until connected) and steps (list of dicts, each with "undo": the
-name of the undo function in lifecycle.UNDO, plus that function's data).
+name of the undo function in build.UNDO, plus that function's data).
+
+The directory is fixed, not a setting: the udev rule
+(etc/udev/rules.d/59-xenblock.rules) tests for markers under it and cannot
+read a configuration file.
 """
 import json
 import os
 
+from . import locks
+
+STATE_DIR = "/run/xenblock"
 RECORD_SUFFIX = ".json"
+TEMPORARY_SUFFIX = ".tmp"
 
 
 class StateDir:
-    def __init__(self, path):
+    def __init__(self, path=STATE_DIR):
         self.path = path
         self.lock_dir = os.path.join(path, "lock")
         self.marker_dir = os.path.join(path, "udev")
@@ -36,8 +44,11 @@ class StateDir:
         return _read_json(self.record_path(key))
 
     def save(self, record):
+        # Saved only under the key's lock, so one temporary name per key is
+        # enough; one left by a kill before the rename is overwritten by the
+        # next save, removed by delete, or swept.
         path = self.record_path(record["key"])
-        temporary = f"{path}.{os.getpid()}.tmp"
+        temporary = path + TEMPORARY_SUFFIX
         with open(temporary, "w") as f:
             json.dump(record, f, indent=1, sort_keys=True)
             f.flush()
@@ -45,10 +56,9 @@ class StateDir:
         os.rename(temporary, path)
 
     def delete(self, key):
-        try:
-            os.unlink(self.record_path(key))
-        except FileNotFoundError:
-            pass
+        path = self.record_path(key)
+        _unlink(path)
+        _unlink(path + TEMPORARY_SUFFIX)
 
     def records(self):
         """Every record, in name order; ones vanishing meanwhile are skipped."""
@@ -59,6 +69,20 @@ class StateDir:
                 if record is not None:
                     found.append(record)
         return found
+
+    def sweep(self):
+        """Remove what killed runs left and no run will come back for: lock
+        files nobody holds, and temporary records of keys whose lock is free
+        (a run that holds it may be writing one)."""
+        for name in os.listdir(self.lock_dir):
+            with locks.held_if_free(os.path.join(self.lock_dir, name)):
+                pass  # released, so unlinked
+        for name in os.listdir(self.path):
+            if name.endswith(RECORD_SUFFIX + TEMPORARY_SUFFIX):
+                lock = os.path.join(self.lock_dir, name[: -len(RECORD_SUFFIX + TEMPORARY_SUFFIX)])
+                with locks.held_if_free(lock) as free:
+                    if free:
+                        _unlink(os.path.join(self.path, name))
 
 
 def new_record(key, disk_type, request):
@@ -77,8 +101,17 @@ def new_record(key, disk_type, request):
 
 def _filename(key):
     # xenstore paths use only [A-Za-z0-9-/_@]: "~" cannot clash, and keeps the
-    # name readable for an administrator looking at /run/xenblock.
-    return key.strip("/").replace("/", "~")
+    # name readable for an administrator looking at /run/xenblock. An
+    # absolute path keeps its leading "~": it names another node than the
+    # relative one (which xenstored resolves under the caller's domain).
+    return key.replace("/", "~")
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _read_json(path):
@@ -87,4 +120,3 @@ def _read_json(path):
             return json.load(f)
     except FileNotFoundError:
         return None
-

@@ -8,8 +8,9 @@ A remove that finds its record never talks to xenstore (libxl deletes the
 backend nodes itself), so it never imports pyxs either: that import is the
 costliest part of a run (about a second under emulation, see benchmarks/).
 """
-import errno
 import os
+
+from .errors import one_line
 
 SOCKET_PATHS = ("/run/xenstored/socket", "/var/run/xenstored/socket")
 
@@ -24,7 +25,6 @@ class XenStore:
 
     def __init__(self, environ):
         self._environ = environ
-        self._pyxs = None
         self._client = None
 
     def __enter__(self):
@@ -35,13 +35,8 @@ class XenStore:
             self._client.close()
 
     def read(self, key, default=None):
-        client = self._connected()
-        try:
-            return client.read(key.encode()).decode(errors="surrogateescape")
-        except self._pyxs.PyXSError as e:
-            if e.args and e.args[0] == errno.ENOENT:
-                return default
-            raise
+        value = self._connected().read(key.encode(), _MISSING)
+        return default if value is _MISSING else value.decode(errors="surrogateescape")
 
     def exists(self, key):
         return self.read(key) is not None
@@ -74,15 +69,18 @@ class XenStore:
                 client.connect()
             except (OSError, pyxs.PyXSError) as e:
                 raise ConnectionError(f"cannot reach xenstore: {e}") from e
-            self._pyxs, self._client = pyxs, client
+            self._client = client
         return self._client
 
+# What pyxs's read returns for a missing node (it returns its default only
+# when that is not None).
+_MISSING = object()
 
 
 def _wire(value):
-    # pyxs accepts only non-empty 7-bit text; a path with other characters
-    # must still end up readable in hotplug-error.
-    text = str(value).encode("ascii", errors="backslashreplace")
+    # pyxs accepts only non-empty 7-bit text without control characters; a
+    # path with other characters must still end up readable in hotplug-error.
+    text = one_line(str(value)).encode("ascii", errors="backslashreplace")
     return text or b" "
 
 

@@ -6,16 +6,15 @@ from xenblock import config
 def test_defaults_without_a_file(tmp_path):
     loaded = config.load({"XENBLOCK_CONFIG": str(tmp_path / "missing.conf")})
     assert loaded == config.Config()
-    assert loaded.state_dir == "/run/xenblock" and loaded.direct_io
+    assert loaded.log_file == "/var/log/xen/xen-hotplug.log" and loaded.direct_io
 
 
 def test_file_and_environment(tmp_path):
     path = tmp_path / "x.conf"
-    path.write_text("# a comment\n[general]\nstate_dir = /tmp/xb\n  ; another\ndebug = no\nlock_timeout = 5\n"
+    path.write_text("# a comment\n[general]\nlog_file = /tmp/xb.log\n  ; another\ndebug = no\n"
                     "syslog=off\n[file]\ndirect_io = No\n")
     loaded = config.load({"XENBLOCK_CONFIG": str(path), "XENBLOCK_DEBUG": "1"})
-    assert loaded == config.Config(state_dir="/tmp/xb", debug=True, lock_timeout=5.0, syslog=False,
-                                   direct_io=False)
+    assert loaded == config.Config(log_file="/tmp/xb.log", debug=True, syslog=False, direct_io=False)
 
 
 def test_shipped_config_file_states_the_defaults():
@@ -23,8 +22,8 @@ def test_shipped_config_file_states_the_defaults():
     loaded = config.load({"XENBLOCK_CONFIG": "etc/xenblock.conf"})
     assert loaded == config.Config()
     text = open("etc/xenblock.conf").read()
-    for name, value in [("state_dir", "/run/xenblock"), ("log_file", "/var/log/xen/xen-hotplug.log"),
-                        ("lock_timeout", "30"), ("direct_io", "yes"), ("debug", "no"), ("syslog", "yes")]:
+    for name, value in [("log_file", "/var/log/xen/xen-hotplug.log"),
+                        ("direct_io", "yes"), ("debug", "no"), ("syslog", "yes")]:
         assert f"#{name} = {value}\n" in text
     # ... and nothing else: every setting the code knows is documented there.
     assert {name for _, name in config.SETTINGS} == {
@@ -37,9 +36,11 @@ def test_shipped_config_file_states_the_defaults():
     ("debug = yes\n", "line 1: expected `name = value` under a [section]"),
     ("[general]\ndebug\n", "line 2: expected `name = value`"),
     ("[general]\ndebug = maybe\n", "line 2: 'maybe': expected yes or no"),
-    ("[general]\n\nlock_timeout = soon\n", "line 3: 'soon': expected a number of seconds"),
-    ("[general]\nlock_timeout = 0\n", "expected a number of seconds, more than 0"),
-    ("[general]\nstate_dir = run/xenblock\n", "'run/xenblock': expected an absolute path"),
+    ("[general]\n\nsyslog = soon\n", "line 3: 'soon': expected yes or no"),
+    ("[general]\nlog_file = xen.log\n", "'xen.log': expected an absolute path"),
+    # Not settings any more: the state directory is fixed, waits follow libxl's limits.
+    ("[general]\nstate_dir = /run/xb\n", "line 2: unknown setting 'state_dir' in [general]"),
+    ("[general]\nlock_timeout = 5\n", "line 2: unknown setting 'lock_timeout' in [general]"),
 ])
 def test_mistakes_name_the_file_and_line(tmp_path, text, words):
     path = tmp_path / "bad.conf"

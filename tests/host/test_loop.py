@@ -6,7 +6,20 @@ import pytest
 
 from xenblock import loop
 from xenblock.blockdev import read_attribute
+from xenblock.deadline import Deadline
 from xenblock.errors import HotplugError
+
+
+def attach(fd, read_only, direct_io, mark):
+    return loop.attach(fd, read_only, direct_io, mark, lambda number: None, lambda number: None,
+                       Deadline.after(5))
+
+
+def detach(device, mark, diskseq=None):
+    """loop.detach and wait; the devnum it unbound, None if nothing of ours."""
+    devnum = loop.detach(device.node, device.diskseq if diskseq is None else diskseq, mark, Deadline.after(5))
+    assert devnum is None or loop.wait_unbound(devnum, device.diskseq, Deadline.after(5))
+    return devnum
 
 
 @pytest.fixture
@@ -27,7 +40,7 @@ def bound(image):
     def bind(read_only=False, mark="xenblock:test/loop", path=image):
         fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
         try:
-            device = loop.attach(fd, read_only, True, mark, lambda number: None)
+            device = attach(fd, read_only, True, mark)
         finally:
             os.close(fd)
         devices.append((device, mark))
@@ -35,7 +48,7 @@ def bound(image):
 
     yield bind
     for device, mark in devices:
-        loop.detach(device.node, device.diskseq, mark)
+        detach(device, mark)
 
 
 def test_bind_reads_the_image_and_carries_the_mark(bound, image):
@@ -65,16 +78,32 @@ def test_logical_block_size_stays_512_whatever_direct_io_does(bound):
 
 def test_detach_unbinds(bound):
     device = bound()
-    assert loop.detach(device.node, device.diskseq, "xenblock:test/loop")
+    assert detach(device, "xenblock:test/loop") == device.devnum
     assert loop.status(device.node) is None
-    assert not loop.detach(device.node, device.diskseq, "xenblock:test/loop")  # again: nothing
+    assert not loop.is_bound(device.devnum)
+    assert detach(device, "xenblock:test/loop") is None  # again: nothing
 
 
 def test_detach_leaves_a_device_that_is_no_longer_ours(bound):
     device = bound(mark="xenblock:test/other")
-    assert not loop.detach(device.node, device.diskseq, "xenblock:test/loop")
-    assert not loop.detach(device.node, device.diskseq + 1000, "xenblock:test/other")
+    assert detach(device, "xenblock:test/loop") is None
+    assert detach(device, "xenblock:test/other", diskseq=device.diskseq + 1000) is None
     assert loop.status(device.node) is not None
+
+
+def test_a_device_held_open_stays_bound_until_let_go(bound):
+    # LOOP_CLR_FD on an open device only arms autoclear: the binding, and
+    # write access to the image, lasts until the last opener closes it.
+    device = bound()
+    holder = os.open(device.node, os.O_RDONLY)
+    try:
+        assert loop.detach(device.node, device.diskseq, "xenblock:test/loop", Deadline.after(5)) == device.devnum
+        assert not loop.wait_unbound(device.devnum, device.diskseq, Deadline.after(0.5))
+        assert loop.is_bound(device.devnum, device.diskseq)
+    finally:
+        os.close(holder)
+    assert loop.wait_unbound(device.devnum, device.diskseq, Deadline.after(5))
+    assert loop.status(device.node) is None
 
 
 def test_long_keys_get_a_short_unique_mark():
@@ -88,7 +117,7 @@ def _bind_one(args):
     path, mark = args
     fd = os.open(path, os.O_RDWR)
     try:
-        return loop.attach(fd, False, False, mark, lambda number: None).node
+        return attach(fd, False, False, mark).node
     finally:
         os.close(fd)
 
@@ -109,13 +138,13 @@ def test_concurrent_binds_get_distinct_devices(tmp_path):
             assert (info.backing_ino) == os.stat(path).st_ino
     finally:
         for node, mark in zip(nodes, marks):
-            loop.detach(node, None, mark)
+            loop.detach(node, None, mark, Deadline.after(5))
 
 
 def test_bind_error_names_the_device(tmp_path, monkeypatch):
     directory = os.open(str(tmp_path), os.O_RDONLY)
     try:
         with pytest.raises(HotplugError, match=r"cannot bind /dev/loop\d+"):
-            loop.attach(directory, True, False, "xenblock:test/dir", lambda number: None)
+            attach(directory, True, False, "xenblock:test/dir")
     finally:
         os.close(directory)

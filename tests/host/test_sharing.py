@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from xenblock import loop
+from tests.support.fixtures import foreign_loop
 from xenblock.sharing import opened_only_through
 
 
@@ -37,13 +37,8 @@ def test_any_other_open_of_the_image_means_look(image, flags):
 @pytest.mark.parametrize("read_only", [True, False])
 def test_a_loop_device_bound_to_the_image_means_look(image, read_only):
     path, fd = image
-    backing = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
-    device = loop.attach(backing, read_only, False, "xenblock-test-lease", lambda number: None)
-    os.close(backing)  # the loop device keeps its own reference
-    try:
+    with foreign_loop(path, read_only):
         assert not opened_only_through(fd)
-    finally:
-        loop.detach(device.node, device.diskseq, "xenblock-test-lease")
     assert opened_only_through(fd)
 
 

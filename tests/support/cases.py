@@ -4,15 +4,19 @@ Each test gets `driver` (tests.support.driver.Driver) and `images` (a
 factory of image files) from its tier's conftest, and must leave nothing:
 the tier's fixtures check for loop devices and state files left behind.
 """
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 
+from tests.support.fixtures import foreign_loop
 from xenblock import loop
-from xenblock.blockdev import Devnum
+from xenblock.blockdev import Devnum, diskseq
+from xenblock.deadline import Deadline
 
 # Domain ids far above what the test VM's guests get.
 DOM_A, DOM_B, DOM_C = 30001, 30002, 30003
@@ -26,12 +30,19 @@ def loops_of(path):
     return [node for node, _, _ in loop.backed_by(os.stat(path))]
 
 
-def assert_failed(result, driver, key, *words):
+def assert_error(result, driver, key, *words):
+    """The run failed as libxl is told: exit 1, hotplug-error with words."""
     assert result.returncode == 1, result.stderr
     error = driver.read(f"{key}/hotplug-error")
     for word in words:
         assert word in error, error
     assert driver.read(f"{key}/hotplug-status") == "error"
+    return error
+
+
+def assert_failed(result, driver, key, *words):
+    """An add failed: assert_error, and nothing published."""
+    error = assert_error(result, driver, key, *words)
     assert driver.read(f"{key}/physical-device") is None
     return error
 
@@ -122,26 +133,21 @@ def test_missing_image_names_the_path_and_leaves_nothing(driver, images):
     result = driver.add(key)
     assert_failed(result, driver, key, path, "no such file")
     assert driver.state_files() == []
-    assert path in result.stderr or driver.env.get("XENBLOCK_STDERR_IS_LOG")
+    assert f"add {key}: failed: {path}: no such file or block device" in result.stderr
 
 
 def test_every_bad_target_is_named_and_leaves_nothing(driver, images, tmp_path):
     tiny = images("tiny.img", size=100)
-    fd = os.open(images("ro-device.img"), os.O_RDONLY)
-    read_only_device = loop.attach(fd, True, False, "xenblock-test-ro", lambda number: None)
-    os.close(fd)
-    try:
+    with foreign_loop(images("ro-device.img"), read_only=True) as read_only_device:
         for target, words in (
                 (tiny, f"{tiny}: image is 100 bytes, smaller than one 512-byte sector"),
                 ("relative/disk.img", "'relative/disk.img' is not an absolute path"),
                 (str(tmp_path), f"{tmp_path}: not an image file or block device"),
                 ("   ", "empty target: give the path of an image file or block device"),
-                (read_only_device.node, f"{read_only_device.node}: block device is read-only; use access=r")):
+                (read_only_device, f"{read_only_device}: block device is read-only; use access=r")):
             key = driver.backend(target, mode="w")
             assert_failed(driver.add(key), driver, key, words)
             assert driver.state_files() == [], target
-    finally:
-        loop.detach(read_only_device.node, read_only_device.diskseq, "xenblock-test-ro")
 
 
 def test_read_only_file_asked_for_writing_is_refused(driver, images):
@@ -198,14 +204,9 @@ def test_same_vm_and_stub_domain_may_share_a_writable_image(driver, images):
 
 def test_an_image_bound_read_write_by_someone_else_is_refused(driver, images):
     path = images("foreign.img")
-    fd = os.open(path, os.O_RDWR)
-    foreign = loop.attach(fd, False, False, path[-60:], lambda number: None)
-    os.close(fd)
-    try:
+    with foreign_loop(path) as foreign:
         key = driver.backend(path, mode="r")
-        assert_failed(driver.add(key), driver, key, foreign.node, "not set up by xenblock")
-    finally:
-        loop.detach(foreign.node, foreign.diskseq, path[-60:])
+        assert_failed(driver.add(key), driver, key, foreign, "not set up by xenblock")
 
 
 def add_logged(driver, key):
@@ -235,21 +236,15 @@ def test_an_image_merely_open_elsewhere_is_looked_at_and_shared(driver, images):
 
 def test_a_block_device_is_passed_through(driver, images):
     path = images("under.img")
-    fd = os.open(path, os.O_RDWR)
-    mark = "xenblock-test-blockdev"
-    device = loop.attach(fd, False, False, mark, lambda number: None)
-    os.close(fd)
-    try:
-        key = driver.backend(device.node, frontend_id=DOM_A)
+    with foreign_loop(path) as node:
+        key = driver.backend(node, frontend_id=DOM_A)
         assert driver.add(key).returncode == 0
-        assert physical(driver, key) == device.devnum
-        assert driver.read(f"{key}/physical-device-path") == device.node
-        other = driver.backend(device.node, frontend_id=DOM_B)
-        assert_failed(driver.add(other), driver, other, device.node, f"domain {DOM_A}")
+        assert physical(driver, key) == Devnum.of_rdev(os.stat(node).st_rdev)
+        assert driver.read(f"{key}/physical-device-path") == node
+        other = driver.backend(node, frontend_id=DOM_B)
+        assert_failed(driver.add(other), driver, other, node, f"domain {DOM_A}")
         assert driver.remove(key).returncode == 0
-        assert loop.status(device.node) is not None, "a passed-through device is not ours to remove"
-    finally:
-        loop.detach(device.node, device.diskseq, mark)
+        assert loop.status(node) is not None, "a passed-through device is not ours to remove"
 
 
 def test_what_dom0_has_mounted_is_refused_to_writers_and_shared_with_readers_only_if_read_only(
@@ -288,6 +283,258 @@ def test_a_vanished_backends_leftovers_do_not_block_the_next_guest(driver, image
     assert driver.remove(second).returncode == 0
     assert loops_of(path) == []
     assert driver.state_files() == []
+
+
+def test_remove_of_a_device_dom0_holds_fails_naming_the_holder_and_keeps_it_a_user(driver, images, tmp_path):
+    # LOOP_CLR_FD on a device dom0 holds (an administrator mounted it to look
+    # inside) only arms autoclear: it stays bound to the image, read-write.
+    path = images("held.img", size=8 << 20)
+    subprocess.run(["mkfs.ext2", "-q", "-F", path], check=True, capture_output=True)
+    first = driver.backend(path, frontend_id=DOM_A)
+    assert driver.add(first).returncode == 0
+    node = driver.read(f"{first}/physical-device-path")
+    mount_point = tmp_path / "look-inside"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-o", "ro", node, str(mount_point)], check=True)
+    try:
+        assert_error(driver.remove(first), driver, first, f"{node} is still in use",
+                      f"dom0, mounted read-only on {mount_point}", "the record is kept")
+        assert loops_of(path) == [node], "still bound: the kernel unbinds it when the mount goes"
+        assert driver.record(first) is not None
+        driver.destroy_backend(first)  # xl destroy deletes the nodes anyway
+        second = driver.backend(path, frontend_id=DOM_B)
+        assert_failed(driver.add(second), driver, second, path, "already in use read-write by", first)
+        assert loops_of(path) == [node], "no second writer's loop device"
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+    assert driver.remove(first).returncode == 0, "a later remove finishes the job"
+    assert loops_of(path) == []
+    assert driver.state_files() == []
+
+
+def test_a_process_holding_the_device_is_named_by_remove(driver, images):
+    path = images("held-by-process.img")
+    key = driver.backend(path)
+    assert driver.add(key).returncode == 0
+    node = driver.read(f"{key}/physical-device-path")
+    with open(node, "rb") as device:
+        holder = subprocess.Popen(["sleep", "60"], stdin=device)
+    try:
+        assert_error(driver.remove(key), driver, key, f"{node} is still in use", f"pid {holder.pid} (sleep 60)")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert driver.remove(key).returncode == 0
+    assert loops_of(path) == [] and driver.state_files() == []
+
+
+def test_a_loop_device_of_ours_no_record_accounts_for_is_still_a_user(driver, images):
+    # A teardown that could not finish and whose record is gone (a host
+    # that lost /run): bound is bound, whatever mark it carries.
+    path = images("unrecorded.img")
+    first = driver.backend(path, frontend_id=DOM_A)
+    assert driver.add(first).returncode == 0
+    node = driver.read(f"{first}/physical-device-path")
+    record = driver.record(first)
+    os.unlink(os.path.join(driver.state_dir, os.path.basename(driver.record_path(first))))
+    try:
+        second = driver.backend(path, frontend_id=DOM_B)
+        assert_failed(driver.add(second), driver, second, f"{node}, a loop device xenblock bound that no record")
+    finally:
+        driver.save_record(record)
+    assert driver.remove(first).returncode == 0
+    assert loops_of(path) == []
+
+
+def test_an_orphan_whose_lock_is_held_is_left_to_its_run(driver, images):
+    # A record whose backend is gone is cleaned by the next add of its image,
+    # unless a run holds its lock: that run is alive and will finish it.
+    path = images("orphan-locked.img")
+    first = driver.backend(path, frontend_id=DOM_A)
+    assert driver.add(first).returncode == 0
+    driver.destroy_backend(first)
+    with held_in_another_process(driver, first):
+        second = driver.backend(path, frontend_id=DOM_B)
+        assert_failed(driver.add(second), driver, second, "already in use read-write", first)
+        assert len(loops_of(path)) == 1
+    third = driver.backend(path, frontend_id=DOM_B)
+    assert driver.add(third).returncode == 0, "free once the lock is: the orphan is cleaned"
+    assert len(loops_of(path)) == 1
+    assert driver.remove(third).returncode == 0
+    assert loops_of(path) == [] and driver.state_files() == []
+
+
+HOLD_LOCK = """
+import sys, time
+if {root!r}:
+    sys.path.insert(0, {root!r})
+from xenblock import locks
+from xenblock.deadline import Deadline
+from xenblock.state import StateDir
+with locks.held(StateDir({state_dir!r}).lock_path({key!r}), Deadline.after(5), "test"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@contextlib.contextmanager
+def held_in_another_process(driver, key):
+    """The lock of key, held by another process (as a running script would)."""
+    code = HOLD_LOCK.format(root=driver.env.get("XENBLOCK_SOURCE", ""), state_dir=driver.state_dir, key=key)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_held_past_the_time_left_ends_in_hotplug_error(driver, images):
+    # remove has 10 s from libxl: the wait ends in time to say what it waited for.
+    key = driver.backend(images("lock-held.img"))
+    assert driver.add(key).returncode == 0
+    with held_in_another_process(driver, key) as holder:
+        started = time.monotonic()
+        result = driver.remove(key)
+        waited = time.monotonic() - started
+        assert_error(result, driver, key, f"for the lock of {key}, held by pid {holder.pid} ({sys.executable} -c")
+    assert 4 < waited < 10, waited
+    assert driver.remove(key).returncode == 0
+
+
+def test_the_device_number_of_a_gone_device_reused_with_our_mark_is_left_alone(driver, images):
+    # diskseq, never reused, tells our binding from a later one of the same
+    # device number, even one carrying the same mark.
+    path = images("reused.img")
+    key = driver.backend(path)
+    assert driver.add(key).returncode == 0
+    record = driver.record(key)
+    step = record["steps"][0]
+    assert step["diskseq"] == diskseq(Devnum.parse(step["devnum"]))
+    number = int(step["node"].removeprefix("/dev/loop"))
+    other = images("other.img")
+    deadline = Deadline.after(5)
+    assert loop.wait_unbound(loop.detach(step["node"], step["diskseq"], step["mark"], deadline),
+                             step["diskseq"], deadline)
+    fd = os.open(other, os.O_RDWR)
+    try:
+        again = loop.attach(fd, False, False, step["mark"], lambda n: None, lambda n: None, deadline)
+    finally:
+        os.close(fd)
+    try:
+        assert again.number == number, "the kernel gave out the lowest free number again"
+        assert driver.remove(key).returncode == 0
+        assert loops_of(other) == [again.node], "not ours: another binding of the same number"
+    finally:
+        loop.detach(again.node, again.diskseq, step["mark"], deadline)
+
+
+def test_the_record_says_connected_once_published(driver, images):
+    key = driver.backend(images("connected.img"))
+    assert driver.add(key).returncode == 0
+    record = driver.record(key)
+    assert record["state"] == "connected"
+    assert record["physical_device"] == driver.read(f"{key}/physical-device")
+    assert driver.remove(key).returncode == 0
+
+
+def test_an_absolute_backend_path_works_and_is_not_its_relative_twin(driver, images):
+    top = f"xenblock-test-abs{os.getpid()}"
+    relative = driver.backend(images("rel.img"), prefix=f"{top}/vbd")
+    absolute = driver.backend(images("abs.img"), prefix=f"/{top}/vbd")
+    try:
+        for key in (relative, absolute):
+            result = driver.add(key)
+            assert result.returncode == 0, result.stderr
+            assert driver.read(f"{key}/hotplug-status") == "connected"
+        assert driver.record(relative)["target"].endswith("rel.img")
+        assert driver.record(absolute)["target"].endswith("abs.img")
+        for key in (relative, absolute):
+            assert driver.remove(key).returncode == 0
+        assert driver.state_files() == []
+    finally:
+        driver.delete(f"/{top}")
+        driver.delete(top)
+
+
+def test_remove_with_a_broken_config_still_takes_the_disk_down(driver, images, tmp_path):
+    path = images("broken-config.img")
+    key = driver.backend(path)
+    assert driver.add(key).returncode == 0
+    config = tmp_path / "broken.conf"
+    config.write_text(f"[general]\nlog_file = {driver.log_file}\nsyslog = no\ndirect_io = maybe\n")
+    start = driver.log_offset()
+    result = driver.remove(key, env={"XENBLOCK_CONFIG": str(config)})
+    assert result.returncode == 0, result.stderr
+    assert loops_of(path) == [] and driver.state_files() == []
+    assert any(f"{config} line 4" in line for line in driver.log_since(start)), "the mistake is still logged"
+
+
+def test_a_target_with_a_newline_is_refused_on_one_line(driver, images):
+    path = images("newline.img")
+    key = driver.backend(path)
+    driver.write_unchecked(f"{key}/params", path + "\nforged log line")
+    start = driver.log_offset()
+    error = assert_failed(driver.add(key), driver, key, f"{path}\\nforged log line: no such file")
+    assert "\n" not in error
+    lines = driver.log_since(start)
+    assert len(lines) == 1 and lines[0].endswith(f"{path}\\nforged log line: no such file or block device"), lines
+
+
+def test_a_fifo_or_character_device_is_refused_without_opening_it(driver, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # a real open would block for ever, waiting for a writer
+    for target in (str(fifo), "/dev/null"):
+        key = driver.backend(target)
+        assert_failed(driver.add(key), driver, key, f"{target}: not an image file or block device")
+
+
+def test_mode_w_bang_writes_even_when_shared(driver, images):
+    # "w!" is Xen's "writable, sharing allowed": the administrator's call.
+    path = images("forced.img")
+    first = driver.backend(path, frontend_id=DOM_A)
+    forced = driver.backend(path, mode="w!", frontend_id=DOM_B)
+    assert driver.add(first).returncode == 0
+    start = driver.log_offset()
+    assert driver.add(forced).returncode == 0, driver.read(f"{forced}/hotplug-error")
+    assert any("mode w!: sharing check skipped on request" in line for line in driver.log_since(start))
+    assert not loop.status(driver.read(f"{forced}/physical-device-path")).read_only
+    for key in (forced, first):
+        assert driver.remove(key).returncode == 0
+
+
+def test_a_disk_without_a_frontend_id_is_nobodys_twin(driver, images):
+    path = images("no-frontend.img")
+    first = driver.backend(path, omit=("frontend-id",), frontend_id=DOM_A)
+    start = driver.log_offset()
+    assert driver.add(first).returncode == 0, driver.read(f"{first}/hotplug-error")
+    assert any("for an unknown domain" in line for line in driver.log_since(start))
+    second = driver.backend(path, omit=("frontend-id",), frontend_id=DOM_A)
+    assert_failed(driver.add(second), driver, second, "already in use read-write by domain None")
+    assert driver.remove(first).returncode == 0
+
+
+def test_a_claim_by_dom0_is_seen_also_beside_a_same_vm_user(driver, images):
+    # The same VM may share the device; dom0 holding it exclusively (a mount,
+    # LVM, md, swap: here a process's O_EXCL open) still forbids writing.
+    path = images("claimed.img")
+    with foreign_loop(path) as node:
+        driver.write(f"/local/domain/{DOM_A}/vm", "/vm/xenblock-test-claim")
+        driver.write(f"/local/domain/{DOM_B}/vm", "/vm/xenblock-test-claim")
+        try:
+            first = driver.backend(node, frontend_id=DOM_A)
+            assert driver.add(first).returncode == 0
+            claim = os.open(node, os.O_RDONLY | os.O_EXCL)
+            try:
+                twin = driver.backend(node, frontend_id=DOM_B)
+                assert_failed(driver.add(twin), driver, twin, "dom0 (mounted, or held by")
+            finally:
+                os.close(claim)
+            assert driver.remove(first).returncode == 0
+        finally:
+            for domid in (DOM_A, DOM_B):
+                driver.delete(f"/local/domain/{domid}")
 
 
 KILL_AFTER_BIND = """
@@ -416,7 +663,7 @@ def test_the_lines_go_to_syslog_too(driver, images, tmp_path):
     receiver.bind(str(tmp_path / "dev-log"))
     receiver.settimeout(10)
     config = tmp_path / "syslog.conf"
-    config.write_text(f"[general]\nstate_dir = {driver.state_dir}\nlog_file = {driver.log_file}\nsyslog = yes\n")
+    config.write_text(f"[general]\nlog_file = {driver.log_file}\nsyslog = yes\n")
     mount_target_made = not os.path.lexists("/dev/log")  # a bind mount needs something to cover
     if mount_target_made:
         open("/dev/log", "w").close()

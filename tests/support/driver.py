@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import pyxs
 
+from xenblock.state import StateDir
+
 _devids = itertools.count(51712, 16)
 
 
@@ -33,19 +35,28 @@ class Driver:
     def write(self, key, value):
         self.client.write(key.encode(), str(value).encode())
 
+    def write_unchecked(self, key, value):
+        """write, past pyxs's own check (7-bit text without control
+        characters): xenstored itself stores any bytes a domU config gives."""
+        from pyxs._internal import Op, Packet, next_rq_id
+        packet = Packet(Op.WRITE, key.encode() + b"\0" + value.encode(), rq_id=next_rq_id(), tx_id=0)
+        assert self.client.router.send(packet).get().op == Op.WRITE
+
     def delete(self, key):
         try:
             self.client.delete(key.encode())
         except pyxs.PyXSError:
             pass
 
-    def backend(self, target, mode="w", frontend_id=0, script="block-file"):
-        """Create a backend directory as libxl does before running add; returns its key."""
-        key = f"{self.prefix}/{frontend_id}/{next(_devids)}"
+    def backend(self, target, mode="w", frontend_id=0, script="block-file", prefix=None, omit=()):
+        """Create a backend directory as libxl does before running add; returns
+        its key. prefix: another parent than the driver's; omit: nodes to leave out."""
+        key = f"{prefix or self.prefix}/{frontend_id}/{next(_devids)}"
         nodes = {"params": target, "mode": mode, "frontend-id": frontend_id, "script": script,
                  "state": 2, "type": "phy", "device-type": "disk", "online": 1}
         for name, value in nodes.items():
-            self.write(f"{key}/{name}", value)
+            if name not in omit:
+                self.write(f"{key}/{name}", value)
         self.keys.append(key)
         return key
 
@@ -77,6 +88,16 @@ class Driver:
         with open(self.log_file) as f:
             f.seek(offset)
             return f.read().splitlines()
+
+    def record(self, key):
+        """The teardown record of key, as the scripts keep it; None if none."""
+        return StateDir(self.state_dir).load(key)
+
+    def record_path(self, key):
+        return StateDir(self.state_dir).record_path(key)
+
+    def save_record(self, record):
+        StateDir(self.state_dir).save(record)
 
     def state_files(self):
         """Every file under the state directory (records, locks, udev markers)."""

@@ -1,5 +1,7 @@
 """Fixtures both tiers share: image files and the leak check around each case."""
+import contextlib
 import os
+import subprocess
 
 import pytest
 
@@ -23,3 +25,16 @@ def images(tmp_path):
     yield make
     leaked = {path: [node for node, _, _ in loop.backed_by(os.stat(path))] for path in made}
     assert not any(leaked.values()), f"loop devices left behind: {leaked}"
+
+
+@contextlib.contextmanager
+def foreign_loop(path, read_only=False, partitions=False):
+    """A loop device bound by util-linux losetup, as an administrator would
+    (not xenblock's); unbound after. partitions: with partition devices."""
+    argv = ["losetup", "--find", "--show", *(["--read-only"] if read_only else []),
+            *(["--partscan"] if partitions else []), path]
+    node = subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        yield node
+    finally:
+        subprocess.run(["losetup", "-d", node], check=True)

@@ -2,8 +2,9 @@
 
 Each module offers the same lifecycle:
   parse(target) -> spec          the target= string, checked for form only
-  check(spec, request) -> Source what it names, checked against the request;
-                                 no side effects
+  check(spec, request) -> Source what it names, opened once and checked
+                                 against the request; creates nothing; the
+                                 caller closes it (a context manager)
   attach(source, request, build) -> Device
                                  build the device, recording every kernel
                                  object through build before it exists

@@ -2,7 +2,6 @@
 
 The drop-in for Xen's `block` script: target= is the path.
 """
-import errno
 import mmap
 import os
 
@@ -26,33 +25,19 @@ def check(path, request):
 def attach(source, request, build):
     if source.devnum is not None:
         return Device(source.path, source.devnum, "block device")
-    backing = _open_backing(source.path, request.writable)
-    try:
-        direct_io = build.config.direct_io and _direct_io_works(source.path)
-        device = build.loop_device(backing, read_only=not request.writable, direct_io=direct_io)
-    finally:
-        os.close(backing)  # the loop device holds its own reference
+    direct_io = build.config.direct_io and _direct_io_works(source)
+    device = build.loop_device(source.fd, read_only=not request.writable, direct_io=direct_io)
     mode = "read-write" if request.writable else "read-only"
     io = "direct I/O" if loop.direct_io_active(device) else "buffered I/O"
     return Device(device.node, device.devnum, f"{mode}, {io}")
 
 
-def _open_backing(path, writable):
-    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
-    try:
-        return os.open(path, flags)
-    except OSError as e:
-        if e.errno == errno.EROFS:
-            raise HotplugError(f"{path}: on a read-only file system; use access=r") from None
-        raise HotplugError(f"{path}: cannot open {'read-write' if writable else 'read-only'}: {e.strerror}") from None
-
-
-def _direct_io_works(path):
+def _direct_io_works(source):
     """One aligned O_DIRECT read of the backing file. The loop driver trusts
     the file system's word, and some give it falsely (overlayfs over tmpfs
     claims direct I/O, then every guest I/O fails): ask only when it works."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        fd = source.reopen(os.O_RDONLY | os.O_DIRECT)
     except OSError:
         return False
     try:
