@@ -53,3 +53,13 @@ def test_mistakes_name_the_file_and_line(tmp_path, text, words):
 def test_a_bad_debug_switch_in_the_environment_is_named(tmp_path):
     with pytest.raises(config.ConfigError, match="XENBLOCK_DEBUG in the environment: 'verbose'"):
         config.load({"XENBLOCK_CONFIG": str(tmp_path / "none.conf"), "XENBLOCK_DEBUG": "verbose"})
+
+
+def test_load_all_keeps_the_good_lines_and_lists_every_mistake(tmp_path):
+    # What a remove goes on with: the log file it was told, despite the typo.
+    path = tmp_path / "half.conf"
+    path.write_text("[general]\ndebgu = yes\nlog_file = /tmp/mine.log\nsyslog = perhaps\n")
+    loaded, mistakes = config.load_all({"XENBLOCK_CONFIG": str(path)})
+    assert loaded == config.Config(log_file="/tmp/mine.log")
+    assert [str(m) for m in mistakes] == [f"{path} line 2: unknown setting 'debgu' in [general]",
+                                          f"{path} line 4: 'perhaps': expected yes or no"]

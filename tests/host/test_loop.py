@@ -70,10 +70,12 @@ def test_read_only_bind_refuses_writes(bound):
             f.write(b"must not land")
 
 
-def test_logical_block_size_stays_512_whatever_direct_io_does(bound):
+def test_a_bound_device_has_512_byte_logical_blocks(bound):
+    # Here the backing has 512-byte sectors anyway; the case that needs the
+    # explicit 512 (a 4096-byte-sector backing on the 6.1 kernel users run)
+    # is tests/xen/test_storage_kinds.py.
     device = bound()
     assert read_attribute(device.devnum, "queue", "logical_block_size") == "512"
-    assert read_attribute(device.devnum, "loop", "dio") in ("0", "1")
 
 
 def test_detach_unbinds(bound):
