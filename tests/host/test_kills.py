@@ -72,7 +72,8 @@ def read_device(driver, key):
         return f.read(len(MARKER))
 
 
-def test_add_killed_anywhere_then_add_again_serves_the_image(driver, images, tmp_path):
+def test_add_killed_anywhere_then_remove_leaves_nothing_and_add_again_serves_the_image(
+        driver, images, tmp_path):
     path = images("killed-add.img", size=4 << 20)
     with open(path, "r+b") as f:
         f.seek(1 << 20)
@@ -81,27 +82,16 @@ def test_add_killed_anywhere_then_add_again_serves_the_image(driver, images, tmp
     points = changing_calls(driver, "add", key, tmp_path)
     assert driver.remove(key).returncode == 0
     for syscall, number, line in points:
-        key = fresh_backend(driver, key, path)
-        killed(driver, "add", key, syscall, number)
-        result = driver.add(key)
-        assert result.returncode == 0, (line, result.stderr)
-        assert read_device(driver, key) == MARKER, line
-        assert len(loops_of(path)) == 1, line
-        assert driver.remove(key).returncode == 0, line
-        assert loops_of(path) == [] and driver.state_files() == [], line
-
-
-def test_add_killed_anywhere_then_remove_leaves_nothing(driver, images, tmp_path):
-    path = images("killed-add-removed.img")
-    key = driver.backend(path)
-    points = changing_calls(driver, "add", key, tmp_path)
-    assert driver.remove(key).returncode == 0
-    for syscall, number, line in points:
-        key = fresh_backend(driver, key, path)
-        killed(driver, "add", key, syscall, number)
-        result = driver.remove(key)
-        assert result.returncode == 0, (line, result.stderr)
-        assert loops_of(path) == [] and driver.state_files() == [], line
+        for next_run in ("remove", "add"):
+            key = fresh_backend(driver, key, path)
+            killed(driver, "add", key, syscall, number)
+            result = driver.run(next_run, key)
+            assert result.returncode == 0, (line, next_run, result.stderr)
+            if next_run == "add":
+                assert read_device(driver, key) == MARKER, line
+                assert len(loops_of(path)) == 1, line
+                assert driver.remove(key).returncode == 0, line
+            assert loops_of(path) == [] and driver.state_files() == [], (line, next_run)
 
 
 def test_remove_killed_anywhere_then_remove_again_leaves_nothing(driver, images, tmp_path):
