@@ -12,7 +12,7 @@ AGE = "import sys; sys.path.insert(0, '.'); from xenblock.deadline import proces
 def test_a_process_started_late_has_less_time():
     # exec keeps the start time: sleeping before exec ages the process.
     fresh = float(subprocess.run([sys.executable, "-c", AGE], capture_output=True, text=True, check=True).stdout)
-    aged = float(subprocess.run(["sh", "-c", f'sleep 1.5; exec "$0" -c "$1"', sys.executable, AGE],
+    aged = float(subprocess.run(["sh", "-c", 'sleep 1.5; exec "$0" -c "$1"', sys.executable, AGE],
                                 capture_output=True, text=True, check=True).stdout)
     assert 0 <= fresh < 1.5
     assert aged >= 1.5 and aged - fresh > 1.0

@@ -8,11 +8,8 @@ signal=KILL:when=N), with no hook in xenblock. Host tier only: the same
 runs under emulation would take minutes, and the kernel parts involved
 (loop devices, flock, rename) are the host's too.
 """
-import os
 import re
 import signal
-
-import pytest
 
 from tests.support.cases import loops_of
 

@@ -6,7 +6,6 @@ import subprocess
 import time
 
 from tests.support.cases import loops_of
-from tests.support.fixtures import foreign_loop
 from xenblock import loop
 
 WINDOW_US = 1_000_000  # the delay; the test acts as soon as it sees the window open
