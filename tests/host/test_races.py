@@ -11,9 +11,9 @@ from xenblock import loop
 WINDOW_US = 1_000_000  # the delay; the test acts as soon as it sees the window open
 
 
-def delayed_at(driver, key, path):
-    """Start add under strace, its first open of path delayed on return."""
-    wrapper = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", path, "-e", "trace=openat",
+def delayed_at(driver, key, *paths):
+    """Start add under strace, its first open of one of paths delayed on return."""
+    wrapper = ["strace", "-f", "-qq", "-o", "/dev/null", *(f"-P{path}" for path in paths), "-e", "trace=openat",
                "-e", f"inject=openat:delay_exit={WINDOW_US}:when=1"]
     environ = {"PATH": os.environ["PATH"], **driver.env, "XENBUS_TYPE": "vbd", "XENBUS_PATH": key,
                "XENBUS_BASE_PATH": "backend"}
@@ -34,11 +34,13 @@ def test_a_bind_race_lost_to_losetup_leaves_no_marker_on_its_device(driver, imag
     # marker in between; it must not stay on the device losetup won, or dom0's
     # udev, blkid and LVM would ignore that device until reboot.
     path, theirs = images("ours.img"), images("theirs.img")
-    free = subprocess.run(["losetup", "--find"], capture_output=True, text=True, check=True).stdout.strip()
-    marker = os.path.join(driver.state_dir, "udev", os.path.basename(free))
+    markers = os.path.join(driver.state_dir, "udev")
     key = driver.backend(path)
-    script = delayed_at(driver, key, marker)
-    wait_until(lambda: os.path.exists(marker))
+    # Whichever free device the script picks: its marker's open is delayed.
+    script = delayed_at(driver, key, *(os.path.join(markers, f"loop{n}") for n in range(256)))
+    wait_until(lambda: os.listdir(markers))
+    [name] = os.listdir(markers)
+    free, marker = f"/dev/{name}", os.path.join(markers, name)
     subprocess.run(["losetup", free, theirs], check=True)  # in the window: they win the device
     try:
         out, err = script.communicate(timeout=60)

@@ -11,21 +11,39 @@ from xenblock import loop
 @pytest.fixture
 def images(tmp_path):
     """images(name, head=b"", mode=0o644, size=4 MiB) -> path of a new image file."""
+    with image_files(tmp_path) as make:
+        yield make
+
+
+@contextlib.contextmanager
+def image_files(directory):
+    """make(name, head=b"", mode=0o644, size=4 MiB) -> path of a new image
+    file in directory; after, no loop device may be left bound to any of them."""
     made = []
 
     def make(name, head=b"", mode=0o644, size=4 << 20):
-        path = tmp_path / name
+        path = os.path.join(directory, name)
         with open(path, "wb") as f:
             f.truncate(size)
             f.write(head)
         os.chmod(path, mode)
-        made.append(str(path))
-        return str(path)
+        made.append(path)
+        return path
 
     yield make
-    leaked = {path: [node for node, _, _ in loop.backed_by(os.stat(path))]
-              for path in made if os.path.exists(path)}
+    assert_no_loop_devices_on([path for path in made if os.path.exists(path)])
+
+
+def assert_no_loop_devices_on(paths):
+    leaked = {path: [node for node, _, _ in loop.backed_by(os.stat(path))] for path in paths}
     assert not any(leaked.values()), f"loop devices left behind: {leaked}"
+
+
+def read_at(path, offset=0, size=-1):
+    """size bytes of path (a file or a device) from offset; size -1: to the end."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
 
 
 @contextlib.contextmanager

@@ -3,16 +3,12 @@ import os
 import subprocess
 import time
 
+from tests.support.fixtures import foreign_loop, read_at
 from tests.vm import guest
-from tests.xen.xl import config, create_fails, disk, domid, run_guest, wait_gone, xl
+from tests.xen.xl import (assert_second_writer_refused, create_fails, disk, domid, paused_guest,
+                          run_guest, xl)
 
 MARK = b"xenblock-guest-marker"
-
-
-def read_at(path, offset, size):
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
 
 
 def wait_for(path, timeout=30):
@@ -59,15 +55,7 @@ def test_read_only_guest_cannot_write(images, tmp_path):
 
 
 def test_second_guest_writing_the_same_image_is_refused(images, tmp_path):
-    path = images("twice.img")
-    first, first_cfg = config(tmp_path, [disk(path)])
-    assert xl("create", "-p", first_cfg).returncode == 0  # paused: its disks are attached
-    try:
-        output = create_fails(tmp_path, [disk(path)])
-        assert f"{path}: already in use read-write by domain" in output, output
-    finally:
-        xl("destroy", first)
-        wait_gone(first)
+    assert_second_writer_refused(tmp_path, images("twice.img"))
 
 
 def test_missing_image_fails_xl_create_naming_the_path(tmp_path):
@@ -114,63 +102,39 @@ def test_two_domains_of_one_vm_share_a_writable_disk_and_no_other_guest_does(ima
     # 4.17 lacks: it is built without CONFIG_SHADOW_PAGING.)
     path = images("one-vm.img")
     uuid = "5e7b1a3c-0000-4000-8000-00000000b10c"
-    source, source_cfg = config(tmp_path, [disk(path)], uuid=uuid)
-    twin, twin_cfg = config(tmp_path, [disk(path)], uuid=uuid)
-    names = [source, twin]
-    try:
-        assert xl("create", "-p", source_cfg).returncode == 0
-        result = xl("create", "-p", twin_cfg)
-        assert result.returncode == 0, result.stderr
-        vms = {xs_client.read(f"/local/domain/{domid(name)}/vm".encode()).decode() for name in names}
+    with paused_guest(tmp_path, [disk(path)], uuid=uuid) as source, \
+            paused_guest(tmp_path, [disk(path)], uuid=uuid) as twin:
+        vms = {xs_client.read(f"/local/domain/{domid(name)}/vm".encode()).decode() for name in (source, twin)}
         assert vms == {f"/vm/{uuid}"}, vms
         output = create_fails(tmp_path, [disk(path)])
         assert f"{path}: already in use read-write by domain" in output, output
-    finally:
-        for name in names:
-            xl("destroy", name)
-            wait_gone(name)
 
 
 def test_block_device_is_passed_through_to_a_guest(images, tmp_path):
-    path = images("under.img", MARK)
-    node = subprocess.run(["losetup", "--find", "--show", path], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    try:
+    with foreign_loop(images("under.img", MARK)) as node:
         lines, status = run_guest(tmp_path, [disk(node)], f"head -c {len(MARK)} /dev/xvda; echo")
         assert lines[0] == MARK.decode()
-    finally:
-        subprocess.run(["losetup", "-d", node], check=True)
 
 
 def test_dom0_does_not_activate_a_volume_group_inside_a_guest_disk(images, tmp_path):
     path = images("lvm-inside.img", size=64 << 20)
     vg = f"xbguestvg{os.getpid()}"
-    node = subprocess.run(["losetup", "--find", "--show", path], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    try:
+    with foreign_loop(path) as node:
         # No metadata backups in /etc/lvm: the leak check would see them.
         quiet = ["-q", "--config", "backup { backup = 0 archive = 0 }"]
         for argv in (["pvcreate", *quiet, node], ["vgcreate", *quiet, vg, node],
                      ["lvcreate", *quiet, "-an", "-L", "8M", "-n", "inner", vg]):
             subprocess.run(argv, check=True, capture_output=True)
         _deactivate(vg, quiet)
-    finally:
-        subprocess.run(["losetup", "-d", node], check=True)
     subprocess.run(["udevadm", "settle"], check=False)
     # A paused guest: its disk is attached, and no frontend in dom0 shows it.
-    name, cfg = config(tmp_path, [disk(path)])
-    result = xl("create", "-p", cfg)
-    assert result.returncode == 0, result.stderr
-    try:
+    with paused_guest(tmp_path, [disk(path)]):
         subprocess.run(["udevadm", "settle"], check=False)
         dm = subprocess.run(["dmsetup", "ls"], capture_output=True, text=True).stdout
         assert vg not in dm, f"dom0 activated the guest's volume group: {dm}"
         info = subprocess.run(["udevadm", "info", "--query=property", _loop_of(path)],
                               capture_output=True, text=True).stdout
         assert "XENBLOCK_GUEST_DISK=1" in info and "ID_FS_TYPE=LVM2_member" not in info, info
-    finally:
-        xl("destroy", name)
-        wait_gone(name)
     subprocess.run(["pvscan", "--cache"], capture_output=True)
 
 

@@ -20,12 +20,13 @@ import pytest
 
 from xenblock import loop
 from xenblock.deadline import Deadline
-from tests.xen.xl import config, create_fails, disk, run_guest, wait_gone, xl
+from tests.support.fixtures import image_files, read_at
+from tests.xen.xl import (assert_second_writer_refused, config, disk, domid, guest_result, run_guest,
+                          wait_gone, xl)
 
 MARK = b"xenblock-storage-marker"
 SHARED_MARK = b"xenblock-shared-read-only"
 WRITTEN = b"written-by-guest"
-HOTPLUG_LOG = "/var/log/xen/xen-hotplug.log"
 XVDA = 51712  # xenstore's device id of xvda (202 << 8)
 # Files the daemons and mount(8) of the fixtures make under /run: removed
 # after if they were not there before (the leak check would see them).
@@ -44,7 +45,6 @@ def nfs(tmp_path):
     pid = os.getpid()
     export = f"/run/xbtest-nfs-export-{pid}"
     mountpoint = f"/run/xbtest-nfs-{pid}"
-    made = []
     with contextlib.ExitStack() as undo:
         undo.enter_context(_removing_new_files(NFS_RUN_FILES + MOUNT_RUN_FILES))
         _run("modprobe", "nfsd")
@@ -60,10 +60,7 @@ def nfs(tmp_path):
                         f"rpcbind listening on /run/rpcbind.sock (log: {tmp_path / 'rpcbind.log'})",
                         rpcbind)
         # An overlay cannot be exported: a tmpfs of its own.
-        os.mkdir(export)
-        undo.callback(os.rmdir, export)
-        _run("mount", "-t", "tmpfs", "-o", "size=64m", "xbtest-nfs", export)
-        undo.callback(_run, "umount", export)
+        _mount_new(undo, export, "-t", "tmpfs", "-o", "size=64m", "xbtest-nfs")
         # One export on the command line, leaving /etc/exports alone.
         client_export = f"127.0.0.1:{export}"
         _run("exportfs", "-o", "rw,no_root_squash,sync,no_subtree_check,fsid=0", client_export)
@@ -76,19 +73,8 @@ def nfs(tmp_path):
         if _nfsd_threads() == 0:
             _run("rpc.nfsd", "4")
             undo.callback(_run, "rpc.nfsd", "0")
-        os.mkdir(mountpoint)
-        undo.callback(os.rmdir, mountpoint)
-        _run("mount", "-t", "nfs", "-o", "vers=4.2,proto=tcp", "127.0.0.1:/", mountpoint)
-        undo.callback(_run, "umount", mountpoint)
-        undo.callback(_no_loop_devices_on, made)
-
-        def make_image(name, head=b"", size=4 << 20):
-            path = os.path.join(mountpoint, name)
-            _write_image(path, head, size)
-            made.append(path)
-            return path
-
-        yield mountpoint, export, make_image
+        _mount_new(undo, mountpoint, "-t", "nfs", "-o", "vers=4.2,proto=tcp", "127.0.0.1:/")
+        yield mountpoint, export, undo.enter_context(image_files(mountpoint))
 
 
 def test_image_on_nfs_is_served_read_write_and_read_only_and_refused_to_a_second_writer(nfs, tmp_path):
@@ -106,16 +92,7 @@ def test_image_on_nfs_is_served_read_write_and_read_only_and_refused_to_a_second
     finally:
         os.close(fd)
 
-    # A writer holds the image (paused: its disks are attached), a second is refused.
-    first, first_cfg = config(tmp_path, [disk(path)])
-    result = xl("create", "-p", first_cfg)
-    assert result.returncode == 0, f"xl create of a guest writing an image on NFS failed:\n{result.stderr}"
-    try:
-        output = create_fails(tmp_path, [disk(path)])
-        assert f"{path}: already in use read-write by domain" in output, output
-    finally:
-        xl("destroy", first)
-        wait_gone(first)
+    assert_second_writer_refused(tmp_path, path)
 
     # One guest: the image read-write as xvda, another read-only as xvdb.
     snippet = (f"head -c {len(MARK)} /dev/xvda; echo; head -c {len(SHARED_MARK)} /dev/xvdb; echo; "
@@ -124,7 +101,7 @@ def test_image_on_nfs_is_served_read_write_and_read_only_and_refused_to_a_second
                "echo write-status $?; "
                "echo x | dd of=/dev/xvdb bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null; "
                "echo read-only-write-status $?")
-    before = _read(shared)
+    before = read_at(shared)
     lines, status = run_guest(tmp_path, [disk(path), disk(shared, vdev="xvdb", access="r")], snippet)
     assert lines[:3] == [MARK.decode(), SHARED_MARK.decode(), "1"], lines
     assert "write-status 0" in lines, lines
@@ -132,9 +109,9 @@ def test_image_on_nfs_is_served_read_write_and_read_only_and_refused_to_a_second
     # The write reached the file on the server (the exported tmpfs), not
     # only the client's cache.
     server_copy = os.path.join(export, "guest.img")
-    assert _read(server_copy, 2048 * 512, len(WRITTEN)) == WRITTEN
-    assert _read(path, 2048 * 512, len(WRITTEN)) == WRITTEN
-    assert _read(shared) == before
+    assert read_at(server_copy, 2048 * 512, len(WRITTEN)) == WRITTEN
+    assert read_at(path, 2048 * 512, len(WRITTEN)) == WRITTEN
+    assert read_at(shared) == before
 
 
 # --------------------------------------------- image on a 4096-byte-sector disk
@@ -143,10 +120,8 @@ def test_image_on_nfs_is_served_read_write_and_read_only_and_refused_to_a_second
 def fourk(tmp_path):
     """(mount point, make_image): an ext4 on a loop device with 4096-byte
     logical sectors (set up with losetup, as any 4Kn disk would be)."""
-    pid = os.getpid()
     backing = tmp_path / "4kn-disk.raw"
-    mountpoint = f"/run/xbtest-4k-{pid}"
-    made = []
+    mountpoint = f"/run/xbtest-4k-{os.getpid()}"
     with contextlib.ExitStack() as undo:
         undo.enter_context(_removing_new_files(MOUNT_RUN_FILES))
         with open(backing, "wb") as f:
@@ -155,24 +130,13 @@ def fourk(tmp_path):
         node = _run("losetup", "--find", "--show", "--sector-size", "4096", str(backing)).strip()
         undo.callback(_run, "losetup", "-d", node)
         undo.callback(_run, "udevadm", "settle", "--timeout=60")  # udev's probes keep it open
-        assert _sys_block(node, "queue/logical_block_size") == "4096"
+        assert _read_text(f"/sys/block/{os.path.basename(node)}/queue/logical_block_size") == "4096"
         _run("mkfs.ext4", "-q", "-F", node)
-        os.mkdir(mountpoint)
-        undo.callback(os.rmdir, mountpoint)
-        _run("mount", node, mountpoint)
-        undo.callback(_run, "umount", mountpoint)
-        undo.callback(_no_loop_devices_on, made)
-
-        def make_image(name, head=b"", size=8 << 20):
-            path = os.path.join(mountpoint, name)
-            _write_image(path, head, size)
-            made.append(path)
-            return path
-
-        yield mountpoint, make_image
+        _mount_new(undo, mountpoint, node)
+        yield mountpoint, undo.enter_context(image_files(mountpoint))
 
 
-def test_image_on_a_4k_sector_disk_reaches_the_guest_with_512_byte_sectors(fourk, tmp_path, xs_client):
+def test_image_on_a_4k_sector_disk_reaches_the_guest_with_512_byte_sectors(fourk, tmp_path, driver):
     mountpoint, make_image = fourk
 
     # Without a guest: the kernel behaviour LOGICAL_BLOCK_SIZE guards
@@ -202,7 +166,7 @@ def test_image_on_a_4k_sector_disk_reaches_the_guest_with_512_byte_sectors(fourk
     # sectors: partition 1 from sector 2048, 8192 sectors, starting with MARK.
     # On a disk with 4096-byte sectors the kernel would read those numbers as
     # 4096-byte sectors: the partition would start at 8 MiB, past the end.
-    path = make_image("guest.img", _mbr(2048, 8192))
+    path = make_image("guest.img", _mbr(2048, 8192), size=8 << 20)
     with open(path, "r+b") as f:
         f.seek(2048 * 512)
         f.write(MARK)
@@ -211,21 +175,21 @@ def test_image_on_a_4k_sector_disk_reaches_the_guest_with_512_byte_sectors(fourk
                f"/sys/block/xvda/xvda1/size; head -c {len(MARK)} /dev/xvda1; echo; "
                f"echo {WRITTEN.decode()} | dd of=/dev/xvda1 bs=512 seek=8 conv=notrunc,fsync 2>/dev/null; "
                "echo write-status $?")
-    log_start = os.path.getsize(HOTPLUG_LOG) if os.path.exists(HOTPLUG_LOG) else 0
+    log_start = driver.log_offset()
     seen = {}
 
-    def while_paused(domid):
+    def while_paused(guest):
         # xenblock's loop device, as blkback was told to serve it.
         bound = loop.backed_by(os.stat(path))
         assert len(bound) == 1, bound
         node, devnum, status = bound[0]
         assert status.mark.startswith("xenblock:"), status
-        backend = f"/local/domain/0/backend/vbd/{domid}/{XVDA}"
-        assert xs_client.read(f"{backend}/physical-device".encode()).decode() == devnum.xen_hex()
+        backend = f"/local/domain/0/backend/vbd/{guest}/{XVDA}"
+        assert driver.read(f"{backend}/physical-device") == devnum.xen_hex()
         seen["logical_block_size"] = _read_text(devnum.sysfs("queue", "logical_block_size"))
         seen["dio"] = _read_text(devnum.sysfs("loop", "dio"))
 
-    lines, status = _run_guest_inspected(tmp_path, [disk(path)], snippet, while_paused, xs_client)
+    lines, status = _run_guest_inspected(tmp_path, [disk(path)], snippet, while_paused, driver)
     assert seen["logical_block_size"] == "512", seen
     # xenblock asked for direct I/O (an O_DIRECT read of the image works on
     # ext4) and the kernel refused it: Linux 6.1's __loop_update_dio() uses
@@ -233,13 +197,13 @@ def test_image_on_a_4k_sector_disk_reaches_the_guest_with_512_byte_sectors(fourk
     # that of the backing file system's device (512 < 4096 here), because
     # every guest request would otherwise be a misaligned O_DIRECT access.
     assert seen["dio"] == "0", seen
-    added = [line for line in _log_since(log_start) if path in line and " -> /dev/loop" in line]
+    added = [line for line in driver.log_since(log_start) if path in line and " -> /dev/loop" in line]
     assert added and all("buffered I/O" in line for line in added), added
 
     assert status == 0, lines
     assert lines[:4] == ["512", "2048", "8192", MARK.decode()], lines
     assert "write-status 0" in lines, lines
-    assert _read(path, (2048 + 8) * 512, len(WRITTEN)) == WRITTEN
+    assert read_at(path, (2048 + 8) * 512, len(WRITTEN)) == WRITTEN
 
 
 def _bind(fd, logical_block_size):
@@ -263,7 +227,7 @@ def _bind(fd, logical_block_size):
         assert devnum is not None and loop.wait_unbound(devnum, bound.diskseq, deadline), bound
 
 
-def _run_guest_inspected(tmp_path, disks, snippet, while_paused, xs_client, timeout=300):
+def _run_guest_inspected(tmp_path, disks, snippet, while_paused, driver, timeout=300):
     """Like xl.run_guest, but created paused with its console attached:
     while_paused(domid) runs once its disks are connected, then the guest
     runs. Returns the guest's XBGUEST lines and exit status."""
@@ -271,11 +235,11 @@ def _run_guest_inspected(tmp_path, disks, snippet, while_paused, xs_client, time
     creating = subprocess.Popen(["xl", "create", "-p", "-c", path], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        domid = _wait_until(lambda: _domid(name), f"domain {name}", creating)
-        status_node = f"/local/domain/0/backend/vbd/{domid}/{XVDA}/hotplug-status".encode()
-        _wait_until(lambda: _xs_read(xs_client, status_node) == "connected",
+        number = _wait_until(lambda: domid(name, must_exist=False), f"domain {name}", creating)
+        status_node = f"/local/domain/0/backend/vbd/{number}/{XVDA}/hotplug-status"
+        _wait_until(lambda: driver.read(status_node) == "connected",
                     f"{name}'s xvda connected by its hotplug script", creating)
-        while_paused(domid)
+        while_paused(number)
         # xl attaches the console in a child (xenconsole): let it connect
         # before the guest prints anything.
         _wait_until(lambda: _child_running(creating.pid, "xenconsole"), "xl's console client", creating)
@@ -288,12 +252,7 @@ def _run_guest_inspected(tmp_path, disks, snippet, while_paused, xs_client, time
             creating.communicate()
         wait_gone(name)
     assert creating.returncode == 0, f"xl create failed:\n{output}"
-    lines = [line.split("XBGUEST: ", 1)[1].rstrip("\r") for line in output.splitlines()
-             if "XBGUEST: " in line]
-    status = [line.split("XBGUEST-EXIT: ", 1)[1].strip() for line in output.splitlines()
-              if "XBGUEST-EXIT: " in line]
-    assert status, f"the guest did not finish its snippet:\n{output[-3000:]}"
-    return lines, int(status[0])
+    return guest_result(output)
 
 
 def _mbr(start, sectors):
@@ -310,36 +269,9 @@ def _run(*argv):
     return result.stdout
 
 
-def _write_image(path, head, size):
-    with open(path, "wb") as f:
-        f.truncate(size)
-        f.write(head)
-
-
-def _read(path, offset=0, size=-1):
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
-
-
 def _read_text(path):
     with open(path) as f:
         return f.read().strip()
-
-
-def _sys_block(node, attribute):
-    return _read_text(f"/sys/block/{os.path.basename(node)}/{attribute}")
-
-
-def _no_loop_devices_on(paths):
-    leaked = {path: [node for node, _, _ in loop.backed_by(os.stat(path))] for path in paths}
-    assert not any(leaked.values()), f"loop devices left behind: {leaked}"
-
-
-def _log_since(offset):
-    with open(HOTPLUG_LOG) as f:
-        f.seek(offset)
-        return f.read().splitlines()
 
 
 def _mount_once(fstype, source, target, undo):
@@ -348,6 +280,14 @@ def _mount_once(fstype, source, target, undo):
         if any(line.split()[1] == target for line in f):
             return
     _run("mount", "-t", fstype, source, target)
+    undo.callback(_run, "umount", target)
+
+
+def _mount_new(undo, target, *argv):
+    """Make the directory target and mount there (mount argv... target); both undone after."""
+    os.mkdir(target)
+    undo.callback(os.rmdir, target)
+    _run("mount", *argv, target)
     undo.callback(_run, "umount", target)
 
 
@@ -387,15 +327,7 @@ def _removing_new_files(paths):
 
 
 def _running(comm):
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as f:
-                    if f.read().strip() == comm[:15]:
-                        return True
-            except OSError:
-                pass
-    return False
+    return any(name == comm[:15] for name, _, _ in _processes())
 
 
 def _listening_unix_sockets():
@@ -425,31 +357,24 @@ def _nfsd_threads():
 
 
 def _child_running(parent, word):
+    return any(ppid == parent and word.encode() in cmdline for _, ppid, cmdline in _processes())
+
+
+def _processes():
+    """(comm, parent pid, command line) of each process still there."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                stat = f.read()
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmdline = f.read()
+            comm, rest = stat.split(" (", 1)[1].rsplit(") ", 1)
+            ppid = int(rest.split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == parent and word.encode() in cmdline:
-            return True
-    return False
-
-
-def _domid(name):
-    result = xl("domid", name)
-    return int(result.stdout) if result.returncode == 0 else None
-
-
-def _xs_read(client, path):
-    try:
-        return client.read(path).decode()
-    except Exception:  # not written yet
-        return None
+        yield comm, ppid, cmdline
 
 
 def _wait_until(probe, what, process=None, timeout=90):

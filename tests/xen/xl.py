@@ -1,4 +1,5 @@
 """Running xl and small PV guests from tests in dom0."""
+import contextlib
 import itertools
 import os
 import subprocess
@@ -29,11 +30,16 @@ def run_guest(tmp_path, disks, snippet, timeout=300, **options):
     result = xl("create", "-c", path, timeout=timeout)
     assert result.returncode == 0, f"xl create failed:\n{result.stdout}\n{result.stderr}"
     wait_gone(name)
-    lines = [line.split("XBGUEST: ", 1)[1].rstrip("\r") for line in result.stdout.splitlines()
+    return guest_result(result.stdout)
+
+
+def guest_result(console):
+    """The XBGUEST lines and XBGUEST-EXIT status a guest printed on its console."""
+    lines = [line.split("XBGUEST: ", 1)[1].rstrip("\r") for line in console.splitlines()
              if "XBGUEST: " in line]
-    status = [line.split("XBGUEST-EXIT: ", 1)[1].strip() for line in result.stdout.splitlines()
+    status = [line.split("XBGUEST-EXIT: ", 1)[1].strip() for line in console.splitlines()
               if "XBGUEST-EXIT: " in line]
-    assert status, f"the guest did not finish its snippet:\n{result.stdout[-3000:]}"
+    assert status, f"the guest did not finish its snippet:\n{console[-3000:]}"
     return lines, int(status[0])
 
 
@@ -44,6 +50,27 @@ def create_fails(tmp_path, disks):
     assert result.returncode != 0, f"xl create succeeded:\n{result.stdout}"
     wait_gone(name)
     return result.stdout + result.stderr
+
+
+@contextlib.contextmanager
+def paused_guest(tmp_path, disks, **options):
+    """A guest created paused (its disks are attached, it runs nothing): its
+    name; destroyed after."""
+    name, path = config(tmp_path, disks, **options)
+    try:
+        result = xl("create", "-p", path)
+        assert result.returncode == 0, f"xl create -p of a guest with {disks} failed:\n{result.stderr}"
+        yield name
+    finally:
+        xl("destroy", name)
+        wait_gone(name)
+
+
+def assert_second_writer_refused(tmp_path, path):
+    """A guest writing path holds it; xl create of a second one fails."""
+    with paused_guest(tmp_path, [disk(path)]):
+        output = create_fails(tmp_path, [disk(path)])
+        assert f"{path}: already in use read-write by domain" in output, output
 
 
 def wait_gone(name, timeout=60):
@@ -57,7 +84,10 @@ def disk(target, vdev="xvda", access="w", script="block-file"):
     return f"vdev={vdev},access={access},script={script},target={target}"
 
 
-def domid(name):
+def domid(name, must_exist=True):
+    """name's domain id; None if there is no such domain and must_exist is false."""
     result = xl("domid", name)
+    if result.returncode != 0 and not must_exist:
+        return None
     assert result.returncode == 0, f"no domain {name}: {result.stderr}"
     return int(result.stdout)
