@@ -5,6 +5,7 @@ undo the leftovers of an earlier add of the same backend that was killed;
 then check, refuse a conflicting sharer, build with a record, publish.
 remove: undo exactly what the record names; nothing recorded, nothing to do.
 """
+import contextlib
 from collections import namedtuple
 
 from . import locks
@@ -35,12 +36,14 @@ def add(ctx):
     with module.check(module.parse(request.target), request) as source:
         record = new_record(ctx.key, ctx.disk_type, request)
         record["image"] = source.image_id
-        # Held from the sharing check until the record is saved: two adds of one
-        # image cannot both see "no other user". Other images are not held up.
-        with _image_locked(source, ctx):
-            _refuse_conflicts(source, request, ctx)
-            device = _build(module, source, request, record, ctx)
-    _publish(device, record, ctx)
+        with _undone_on_failure(record, ctx):
+            # Held from the sharing check until the record is saved: two adds of one
+            # image cannot both see "no other user". Other images are not held up.
+            with _image_locked(source, ctx):
+                _refuse_conflicts(source, request, ctx)
+                ctx.state.save(record)  # from here on, concurrent sharing checks see us
+                device = module.attach(source, request, Build(ctx.state, record, ctx.config, ctx.deadline))
+            _publish(device, record, ctx)
     guest = _guest_name(ctx.xs, request.frontend_id)
     return f"{request.target} -> {device.path} ({device.devnum}, {device.detail}) for {guest}"
 
@@ -91,10 +94,13 @@ def _refuse_conflicts(source, request, ctx):
         raise HotplugError(f"{source.path}: already in use {theirs} by {user.what}; refusing {ours} access")
 
 
-def _build(module, source, request, record, ctx):
-    ctx.state.save(record)  # from here on, concurrent sharing checks see us
+@contextlib.contextmanager
+def _undone_on_failure(record, ctx):
+    """Whatever fails from here to the end of add (a bind, a save, the
+    publishing), what the record names is undone: a failed add leaves
+    nothing bound."""
     try:
-        return module.attach(source, request, Build(ctx.state, record, ctx.config, ctx.deadline))
+        yield
     except BaseException:
         teardown(record, ctx.state, ctx.deadline)
         raise
@@ -107,7 +113,6 @@ def _publish(device, record, ctx):
         "hotplug-status": "connected",
     })
     if not published:
-        teardown(record, ctx.state, ctx.deadline)
         raise HotplugError(f"{ctx.key} vanished from xenstore while the disk was being built; undone")
     record["state"] = "connected"
     record["physical_device"] = device.devnum.xen_hex()

@@ -79,9 +79,11 @@ def _acquire(path, deadline, what):
 
 
 def _release(path, fd):
+    # Closing is what releases the lock; the unlink only tidies up. Failing
+    # it must not fail a run whose work is done: the file is swept later.
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except OSError:
         pass
     os.close(fd)
 

@@ -179,3 +179,25 @@ def test_a_claim_by_dom0_is_seen_also_beside_a_same_vm_user(driver, images):
         finally:
             for domid in (DOM_A, DOM_B):
                 driver.delete(f"/local/domain/{domid}")
+
+
+def test_a_writer_is_refused_whatever_records_sort_before_its_rival(driver, images):
+    # Records are read in name order; one of another image coming first must
+    # not end the search for the rival.
+    unrelated = driver.backend(images("unrelated.img"), frontend_id=0)  # sorts first
+    path = images("rivalled.img")
+    first = driver.backend(path, frontend_id=DOM_A)
+    second = driver.backend(path, frontend_id=DOM_B)
+    for key in (unrelated, first):
+        assert driver.add(key).returncode == 0
+    assert_failed(driver.add(second), driver, second, path, f"domain {DOM_A}")
+    for key in (first, unrelated):
+        assert driver.remove(key).returncode == 0
+
+
+def test_of_several_config_mistakes_the_first_is_reported(driver, images, tmp_path):
+    config = tmp_path / "two-mistakes.conf"
+    config.write_text("[general]\ndebgu = yes\nsyslog = perhaps\n")
+    key = driver.backend(images("two-mistakes.img"))
+    result = driver.add(key, env={"XENBLOCK_CONFIG": str(config)})
+    assert_failed(result, driver, key, f"{config} line 2: unknown setting 'debgu' in [general]")

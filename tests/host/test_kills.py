@@ -91,6 +91,29 @@ def test_add_killed_anywhere_then_remove_leaves_nothing_and_add_again_serves_the
             assert loops_of(path) == [] and driver.state_files() == [], (line, next_run)
 
 
+def test_add_failing_anywhere_rolls_back_or_says_what_is_left(driver, images, tmp_path):
+    # Each state-changing call of add fails once with EIO (strace's
+    # inject=SYSCALL:error=EIO): add either copes (a failed log write) or
+    # exits 1 with a hotplug-error and no loop device left bound; a remove
+    # then leaves nothing at all.
+    path = images("failing-add.img")
+    key = driver.backend(path)
+    points = changing_calls(driver, "add", key, tmp_path)
+    assert driver.remove(key).returncode == 0
+    for syscall, number, line in points:
+        key = fresh_backend(driver, key, path)
+        wrapper = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
+                   "-e", f"inject={syscall}:error=EIO:when={number}"]
+        result = driver.run("add", key, wrapper=wrapper, env=STABLE)
+        if result.returncode != 0:
+            assert result.returncode == 1, (line, result.stderr)
+            assert driver.read(f"{key}/hotplug-status") == "error", line
+            assert driver.read(f"{key}/hotplug-error"), line
+            assert loops_of(path) == [], (line, "a failed add rolls back what it bound")
+        assert driver.remove(key).returncode == 0, line
+        assert loops_of(path) == [] and driver.state_files() == [], line
+
+
 def test_remove_killed_anywhere_then_remove_again_leaves_nothing(driver, images, tmp_path):
     path = images("killed-remove.img")
     key = driver.backend(path)
