@@ -201,3 +201,18 @@ def test_of_several_config_mistakes_the_first_is_reported(driver, images, tmp_pa
     key = driver.backend(images("two-mistakes.img"))
     result = driver.add(key, env={"XENBLOCK_CONFIG": str(config)})
     assert_failed(result, driver, key, f"{config} line 2: unknown setting 'debgu' in [general]")
+
+
+def test_a_writer_is_refused_by_name_after_an_orphan_of_the_image_is_cleaned(driver, images):
+    # An orphan (backend gone) sorting before the live rival is cleaned on
+    # the way; the search goes on and names the rival.
+    path = images("orphan-then-rival.img")
+    first = driver.backend(path, mode="r", frontend_id=DOM_A)
+    assert driver.add(first).returncode == 0
+    orphan = driver.backend(path, mode="r", frontend_id=0)  # sorts first
+    assert driver.add(orphan).returncode == 0
+    driver.destroy_backend(orphan)
+    second = driver.backend(path, frontend_id=DOM_B)
+    assert_failed(driver.add(second), driver, second, path, f"already in use read-only by domain {DOM_A}")
+    assert driver.record(orphan) is None, "the orphan was cleaned"
+    assert driver.remove(first).returncode == 0
