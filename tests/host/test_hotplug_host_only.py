@@ -195,14 +195,6 @@ def test_a_writer_is_refused_whatever_records_sort_before_its_rival(driver, imag
         assert driver.remove(key).returncode == 0
 
 
-def test_of_several_config_mistakes_the_first_is_reported(driver, images, tmp_path):
-    config = tmp_path / "two-mistakes.conf"
-    config.write_text("[general]\ndebgu = yes\nsyslog = perhaps\n")
-    key = driver.backend(images("two-mistakes.img"))
-    result = driver.add(key, env={"XENBLOCK_CONFIG": str(config)})
-    assert_failed(result, driver, key, f"{config} line 2: unknown setting 'debgu' in [general]")
-
-
 def test_a_writer_is_refused_by_name_after_an_orphan_of_the_image_is_cleaned(driver, images):
     # An orphan (backend gone) sorting before the live rival is cleaned on
     # the way; the search goes on and names the rival.

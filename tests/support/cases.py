@@ -450,7 +450,7 @@ def run_concurrently(driver, command, keys):
 
 def test_a_mistake_in_the_config_file_fails_the_disk_naming_the_line(driver, images, tmp_path):
     config = tmp_path / "typo.conf"
-    config.write_text("[general]\ndebgu = yes\n")
+    config.write_text("[general]\ndebgu = yes\nsyslog = perhaps\n")  # the first mistake is named
     key = driver.backend(images("config.img"))
     result = driver.add(key, env={"XENBLOCK_CONFIG": str(config)})
     assert_failed(result, driver, key, f"{config} line 2: unknown setting 'debgu' in [general]")
