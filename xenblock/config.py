@@ -47,6 +47,7 @@ SETTINGS = {
     ("general", "syslog"): ("syslog", _flag),
     ("file", "direct_io"): ("direct_io", _flag),
 }
+SECTIONS = {section for section, _ in SETTINGS}
 
 
 def load(environ):
@@ -82,30 +83,33 @@ def _read(path):
         return {}, [ConfigError(f"{path}: cannot read: {e.strerror}")]
     values, mistakes, section = {}, [], None
     for number, line in enumerate(lines, 1):
+        line, where = line.strip(), f"{path} line {number}"
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+            if section not in SECTIONS:
+                mistakes.append(ConfigError(f"{where}: unknown section [{section}]"))
+            continue
         try:
-            section = _line(line.strip(), f"{path} line {number}", section, values)
+            _setting(line, where, section, values)
         except ConfigError as e:
             mistakes.append(e)
     return values, mistakes
 
 
-def _line(line, where, section, values):
-    """Read one line into values; returns the section in force after it."""
+def _setting(line, where, section, values):
+    """Read one line (a setting, a comment or nothing) into values."""
     if not line or line.startswith(("#", ";")):
-        return section
-    if line.startswith("[") and line.endswith("]"):
-        section = line[1:-1].strip()
-        if section not in {s for s, _ in SETTINGS}:
-            raise ConfigError(f"{where}: unknown section [{section}]")
-        return section
+        return
     name, equals, value = (part.strip() for part in line.partition("="))
     if not equals or section is None:
         raise ConfigError(f"{where}: expected `name = value` under a [section], not {line!r}")
+    if section not in SECTIONS:
+        # Its header is reported; its lines must not count for the section before.
+        raise ConfigError(f"{where}: {name!r} is under the unknown section [{section}]")
     if (section, name) not in SETTINGS:
         raise ConfigError(f"{where}: unknown setting {name!r} in [{section}]")
     field, convert = SETTINGS[section, name]
     values[field] = _converted(convert, value, where)
-    return section
 
 
 def _converted(convert, text, where):

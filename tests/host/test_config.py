@@ -63,3 +63,12 @@ def test_load_all_keeps_the_good_lines_and_lists_every_mistake(tmp_path):
     assert loaded == config.Config(log_file="/tmp/mine.log")
     assert [str(m) for m in mistakes] == [f"{path} line 2: unknown setting 'debgu' in [general]",
                                           f"{path} line 4: 'perhaps': expected yes or no"]
+
+
+def test_the_lines_of_an_unknown_section_do_not_count_for_the_one_before(tmp_path):
+    path = tmp_path / "section-typo.conf"
+    path.write_text("[general]\ndebug = yes\n[generl]\nlog_file = /tmp/elsewhere.log\n")
+    loaded, mistakes = config.load_all({"XENBLOCK_CONFIG": str(path)})
+    assert loaded == config.Config(debug=True)
+    assert [str(m) for m in mistakes] == [f"{path} line 3: unknown section [generl]",
+                                          f"{path} line 4: 'log_file' is under the unknown section [generl]"]
