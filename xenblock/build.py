@@ -5,9 +5,11 @@ is created, then completes the step; on failure the caller undoes the steps
 in reverse. The record is therefore the rollback stack while building and
 the teardown record afterwards: one list, never two places.
 """
+import errno
 import os
 
-from . import loop
+from . import locks, loop
+from .blockdev import Devnum, holders
 from .errors import HotplugError
 
 
@@ -27,9 +29,26 @@ class Build:
     def save(self):
         self.state.save(self.record)
 
-    def loop_device(self, backing_fd, read_only, direct_io):
+    def loop_device(self, backing_fd, read_only, offset=0, size_limit=0):
+        """A loop device of this disk's own over backing_fd (from byte
+        offset, size_limit bytes; 0: to the end)."""
         step = self.intend("loop", mark=loop.mark_for(self.record["key"]))
+        return self._bind(step, backing_fd, read_only, offset, size_limit)
 
+    def shared_loop(self, source):
+        """The one read-only loop device of a base image, shared by every
+        disk built on it: found if bound, else bound. Its step's undo lets it
+        go once nothing is stacked on it. Called under the image's lock (add
+        holds it), as that undo is, so a find and a release never cross."""
+        step = self.intend("shared_loop", mark=loop.shared_mark(source.image_id), image=source.image_id)
+        found = loop.find_shared(source.stat, step["mark"])
+        if found is None:
+            return self._bind(step, source.fd, read_only=True)
+        step.update(node=found.node, diskseq=found.diskseq, devnum=str(found.devnum))
+        self.save()
+        return found
+
+    def _bind(self, step, backing_fd, read_only, offset=0, size_limit=0):
         def before_bind(number):
             step["node"] = f"/dev/loop{number}"
             self.save()
@@ -39,11 +58,21 @@ class Build:
             # The device is someone else's now: udev must go on seeing it.
             _remove_marker(self.state.marker_dir, f"/dev/loop{number}", step["mark"])
 
+        direct_io = self.config.direct_io and loop.direct_io_works(backing_fd)
         device = loop.attach(backing_fd, read_only, direct_io, step["mark"], before_bind, lost_race,
-                             self.deadline)
+                             self.deadline, offset, size_limit)
         step.update(node=device.node, diskseq=device.diskseq, devnum=str(device.devnum))
         self.save()
         return device
+
+    def dm_device(self, name, uuid, targets):
+        """A device-mapper device of this disk's own; its Devnum."""
+        from . import dm  # only the types that stack devices
+        step = self.intend("dm", uuid=uuid, name=name)
+        devnum = dm.create(name, uuid, targets, self.deadline)
+        step.update(node=dm.node(devnum), devnum=str(devnum))
+        self.save()
+        return devnum
 
 
 def undo_loop(step, state, deadline):
@@ -52,16 +81,53 @@ def undo_loop(step, state, deadline):
         return  # killed before a device was chosen: nothing was bound
     devnum = loop.detach(node, step.get("diskseq"), step["mark"], deadline)
     if devnum is not None and not loop.wait_unbound(devnum, step.get("diskseq"), deadline):
-        from .sharing import device_users  # only when something holds it
-        holders = "; ".join(user.what for user in device_users(devnum, openers=True)) or "an unknown holder"
-        raise HotplugError(
-            f"{node} is still in use, by {holders}: it stays bound to its image (the kernel unbinds "
-            f"it when the last user lets go); the record is kept for a later remove to finish")
+        raise _still_in_use(node, devnum, "it stays bound to its image (the kernel unbinds it when the "
+                                          "last user lets go)")
     _remove_marker(state.marker_dir, node, step["mark"])
 
 
+def undo_shared_loop(step, state, deadline):
+    """Let a base's shared loop device go if nothing is stacked on it any
+    more. The count is the kernel's (the device's holders in sysfs), not one
+    of ours: a killed run cannot leave it wrong."""
+    node = step.get("node")
+    if node is None:
+        return
+    with locks.held(state.image_lock_path(step["image"]), deadline, f"the lock of base {step['image']}"):
+        try:
+            devnum = Devnum.of_rdev(os.stat(node).st_rdev)
+        except FileNotFoundError:
+            return
+        if not holders(devnum):
+            undo_loop(step, state, deadline)
+
+
+def undo_dm(step, state, deadline):
+    from . import dm
+    try:
+        dm.remove(step["uuid"], deadline)
+    except dm.DeviceMapperError as e:
+        if e.errno != errno.EBUSY or "devnum" not in step:
+            raise
+        raise _still_in_use(step["node"], Devnum.parse(step["devnum"]), "it cannot be removed while open") from e
+
+
+def undo_unlink(step, state, deadline):
+    try:
+        os.unlink(step["path"])
+    except FileNotFoundError:
+        pass
+
+
+def _still_in_use(node, devnum, consequence):
+    from .sharing import device_users  # only when something holds it
+    holders_ = "; ".join(user.what for user in device_users(devnum, openers=True)) or "an unknown holder"
+    return HotplugError(f"{node} is still in use, by {holders_}: {consequence}; the record is kept for "
+                        "a later remove to finish")
+
+
 # Undo functions by the name a step records; each is safe to run again.
-UNDO = {"loop": undo_loop}
+UNDO = {"loop": undo_loop, "shared_loop": undo_shared_loop, "dm": undo_dm, "unlink": undo_unlink}
 
 
 def teardown(record, state, deadline):

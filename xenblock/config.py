@@ -19,8 +19,9 @@ FLAG_WORDS = {"1": True, "yes": True, "true": True, "on": True,
               "0": False, "no": False, "false": False, "off": False}
 
 Config = namedtuple(
-    "Config", "log_file debug syslog direct_io",
-    defaults=("/var/log/xen/xen-hotplug.log", False, True, True))
+    "Config", "log_file debug syslog direct_io cow_directory cow_size cow_max_size cow_sparse",
+    defaults=("/var/log/xen/xen-hotplug.log", False, True, True,
+              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False))
 
 
 class ConfigError(HotplugError):
@@ -40,12 +41,21 @@ def _path(text):
     return text
 
 
+def _size(text):
+    from . import sizes  # only when the file sets a size
+    return sizes.parse(text)
+
+
 # (section, name in the file) -> (Config field, conversion)
 SETTINGS = {
     ("general", "log_file"): ("log_file", _path),
     ("general", "debug"): ("debug", _flag),
     ("general", "syslog"): ("syslog", _flag),
     ("file", "direct_io"): ("direct_io", _flag),
+    ("cow", "directory"): ("cow_directory", _path),
+    ("cow", "size"): ("cow_size", _size),
+    ("cow", "max_size"): ("cow_max_size", _size),
+    ("cow", "sparse"): ("cow_sparse", _flag),
 }
 SECTIONS = {section for section, _ in SETTINGS}
 

@@ -308,6 +308,18 @@ def snapshot_usage(text):
         return SnapshotUsage(None, None, None, text.strip())
 
 
+def names_for(key):
+    """(name, uuid) of the device-mapper device of the disk whose backend is
+    key: readable in `dmsetup ls` ("/" becomes ".", which xenstore paths
+    never contain, so two keys never share a name), a digest of the key
+    where it would not fit."""
+    readable = key.replace("/", ".")
+    if len(UUID_PREFIX) + len(readable) >= NAME_LEN:
+        import hashlib  # only for unusually long keys
+        readable = "#" + hashlib.sha256(key.encode()).hexdigest()
+    return f"xenblock-{readable}", f"{UUID_PREFIX}{readable}"
+
+
 def node(devnum):
     """The device's node, made by devtmpfs: dm names its disks dm-<minor>."""
     return f"/dev/dm-{devnum.minor}"

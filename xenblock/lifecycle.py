@@ -33,16 +33,18 @@ def add(ctx):
         teardown(leftover, ctx.state, ctx.deadline)
         ctx.log.info(f"undid the leftovers of an earlier add of {ctx.key}")
     ctx.state.sweep()
-    with module.check(module.parse(request.target), request) as source:
-        record = new_record(ctx.key, ctx.disk_type, request)
-        record["image"] = source.image_id
+    with contextlib.ExitStack() as opened:
+        spec = module.parse(request.target)
+        uses = module.check(spec, request, ctx.config, opened)
+        record = new_record(ctx.key, ctx.disk_type, request, uses)
         with _undone_on_failure(record, ctx):
             # Held from the sharing check until the record is saved: two adds of one
             # image cannot both see "no other user". Other images are not held up.
-            with _image_locked(source, ctx):
-                _refuse_conflicts(source, request, ctx)
+            with _images_locked(uses, ctx):
+                for use in uses:
+                    _refuse_conflicts(use, request, ctx)
                 ctx.state.save(record)  # from here on, concurrent sharing checks see us
-                device = module.attach(source, request, Build(ctx.state, record, ctx.config, ctx.deadline))
+                device = module.attach(spec, uses, request, Build(ctx.state, record, ctx.config, ctx.deadline))
             _publish(device, record, ctx)
     guest = _guest_name(ctx.xs, request.frontend_id)
     return f"{request.target} -> {device.path} ({device.devnum}, {device.detail}) for {guest}"
@@ -69,6 +71,16 @@ def _type_module(disk_type):
         raise HotplugError(f"unknown disk type {disk_type!r}: this script must be one of {known}") from None
 
 
+def _images_locked(uses, ctx):
+    """The locks of every image the disk uses, taken in one fixed order
+    (by identity), so that two adds sharing two images cannot deadlock."""
+    stack = contextlib.ExitStack()
+    by_id = {use.source.image_id: use.source for use in uses}
+    for image_id in sorted(by_id):
+        stack.enter_context(_image_locked(by_id[image_id], ctx))
+    return stack
+
+
 def _image_locked(source, ctx):
     # A block device is locked by a flock on the device itself, which is also
     # what tells udev not to probe it meanwhile. An image file gets a lock
@@ -78,19 +90,20 @@ def _image_locked(source, ctx):
     what = f"the lock of {source.path}"
     if source.devnum is not None:
         return locks.on_descriptor(source.fd, ctx.deadline, what)
-    return locks.held(ctx.state.lock_path(f"image:{source.image_id}"), ctx.deadline, what)
+    return locks.held(ctx.state.image_lock_path(source.image_id), ctx.deadline, what)
 
 
-def _refuse_conflicts(source, request, ctx):
+def _refuse_conflicts(use, request, ctx):
     from . import sharing  # add only
+    source = use.source
     if request.sharing_forced:
         ctx.log.info(f"{source.path}: mode {request.mode}: sharing check skipped on request")
         return
-    user = sharing.conflicting_user(source, request, ctx)
+    user = sharing.conflicting_user(use, request, ctx)
     ctx.log.debug(f"{source.path} ({source.image_id}): conflicting user: {user}")
     if user is not None:
         theirs = "read-write" if user.writable else "read-only"
-        ours = "read-write" if request.writable else "read-only"
+        ours = "read-write" if use.writable else "read-only"
         raise HotplugError(f"{source.path}: already in use {theirs} by {user.what}; refusing {ours} access")
 
 

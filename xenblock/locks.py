@@ -25,14 +25,30 @@ class LockTimeout(HotplugError):
     pass
 
 
+# Lock files this process holds, and how often: held() of one of them again
+# is a no-op. A teardown runs under the locks of its images, and an add that
+# cleans another disk's leftovers on the way already holds them: a second
+# flock on another descriptor of the same file would wait for ourselves.
+_held = {}
+
+
 @contextlib.contextmanager
 def held(path, deadline, what):
     """Hold the lock at path, waiting for it until deadline; what names it
-    in the error."""
+    in the error. Re-entrant within the process."""
+    if path in _held:
+        _held[path] += 1
+        try:
+            yield
+        finally:
+            _held[path] -= 1
+        return
     fd = _acquire(path, deadline, what)
+    _held[path] = 1
     try:
         yield
     finally:
+        del _held[path]
         _release(path, fd)
 
 
@@ -50,8 +66,9 @@ def on_descriptor(fd, deadline, what):
 
 @contextlib.contextmanager
 def held_if_free(path):
-    """Hold the lock at path if nobody does; yields whether it is held."""
-    fd = _acquire(path, None, path)
+    """Hold the lock at path if nobody does; yields whether it is held (not
+    if this process holds it: then it is not free)."""
+    fd = None if path in _held else _acquire(path, None, path)
     try:
         yield fd is not None
     finally:

@@ -29,6 +29,7 @@ LOOP_CONFIGURE = 0x4C0A
 LOOP_CTL_GET_FREE = 0x4C82
 
 LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_AUTOCLEAR = 4
 LO_FLAGS_DIRECT_IO = 16
 
 # struct loop_info64 (linux/loop.h): 5 u64, 4 u32, file name, crypt name, key, 2 u64
@@ -52,9 +53,16 @@ class Loop(namedtuple("Loop", "number devnum diskseq")):
         return f"/dev/loop{self.number}"
 
 
-# What LOOP_GET_STATUS64 tells; backing_dev in the kernel's encoding
-# (new_encode_dev), see _kernel_dev.
-Status = namedtuple("Status", "backing_dev backing_ino read_only mark")
+class Status(namedtuple("Status", "backing_dev backing_ino offset size_limit read_only autoclear mark")):
+    """What LOOP_GET_STATUS64 tells; backing_dev in the kernel's encoding
+    (new_encode_dev), see _kernel_dev; offset and size_limit (0: to the end)
+    in bytes of the backing file."""
+    __slots__ = ()
+
+    @property
+    def extent(self):
+        """The (start, end) byte range of the backing file the device serves."""
+        return self.offset, self.offset + self.size_limit if self.size_limit else float("inf")
 
 
 def mark_for(key):
@@ -66,8 +74,25 @@ def mark_for(key):
     return "xenblock:#" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
-def attach(backing_fd, read_only, direct_io, mark, before_bind, lost_race, deadline):
-    """Bind a free loop device to backing_fd; returns the Loop.
+def shared_mark(image_id):
+    """The mark of the one read-only loop device of a base image that every
+    disk built on the base shares (see find_shared)."""
+    return f"xenblock:base:{image_id}"[: NAME_SIZE - 1]
+
+
+def find_shared(st, mark):
+    """The Loop of st's inode that carries the shared mark, if one is bound:
+    read-only, the whole file, and not on its way out (a LOOP_CLR_FD that
+    waits for its last opener arms autoclear)."""
+    for node, devnum, info in backed_by(st):
+        if info.mark == mark and info.read_only and not info.autoclear and info.extent == (0, float("inf")):
+            return Loop(int(node.removeprefix("/dev/loop")), devnum, diskseq(devnum))
+    return None
+
+
+def attach(backing_fd, read_only, direct_io, mark, before_bind, lost_race, deadline, offset=0, size_limit=0):
+    """Bind a free loop device to backing_fd (from byte offset on, size_limit
+    bytes of it, 0: to the end); returns the Loop.
 
     before_bind(number) runs just before the bind is attempted (the caller
     writes its udev marker there); lost_race(number) runs when another process
@@ -78,7 +103,8 @@ def attach(backing_fd, read_only, direct_io, mark, before_bind, lost_race, deadl
     the same free device at once.
     """
     flags = (LO_FLAGS_READ_ONLY if read_only else 0) | (LO_FLAGS_DIRECT_IO if direct_io else 0)
-    info = LOOP_INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, flags, mark.encode()[: NAME_SIZE - 1], b"", b"", 0, 0)
+    info = LOOP_INFO64.pack(0, 0, 0, offset, size_limit, 0, 0, 0, flags, mark.encode()[: NAME_SIZE - 1],
+                            b"", b"", 0, 0)
     config = LOOP_CONFIG.pack(backing_fd, LOGICAL_BLOCK_SIZE, info, *([0] * 8))
     control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -130,9 +156,32 @@ def status(node):
     return Status(
         backing_dev=fields[0],
         backing_ino=fields[1],
+        offset=fields[3],
+        size_limit=fields[4],
         read_only=bool(fields[8] & LO_FLAGS_READ_ONLY),
+        autoclear=bool(fields[8] & LO_FLAGS_AUTOCLEAR),
         mark=fields[9].rstrip(b"\0").decode(errors="replace"),
     )
+
+
+def direct_io_works(fd):
+    """Whether one aligned O_DIRECT read of the file at fd succeeds. The loop
+    driver trusts the file system's word, and some give it falsely (overlayfs
+    over tmpfs claims direct I/O, then every guest I/O fails): ask for direct
+    I/O only when it works."""
+    import mmap  # an aligned buffer, as O_DIRECT wants
+    try:
+        probe = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        with mmap.mmap(-1, mmap.PAGESIZE) as aligned:
+            os.preadv(probe, [aligned], 0)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(probe)
 
 
 def direct_io_active(loop):

@@ -28,10 +28,10 @@ ORPHAN_TEARDOWN_SECONDS = 1.0
 User = namedtuple("User", "what domid writable")
 
 
-def conflicting_user(source, request, ctx):
-    """The first user that forbids the request, or None."""
-    for user in users(source, request, ctx):
-        if not (request.writable or user.writable):
+def conflicting_user(use, request, ctx):
+    """The first user that forbids use (a source.Use of request's disk), or None."""
+    for user in users(use, ctx):
+        if not (use.writable or user.writable):
             continue
         if user.domid is not None and same_vm(ctx.xs, user.domid, request.frontend_id):
             continue
@@ -39,18 +39,19 @@ def conflicting_user(source, request, ctx):
     return None
 
 
-def users(source, request, ctx):
-    found, recorded_loops = _record_users(source, ctx)
+def users(use, ctx):
+    source = use.source
+    found, recorded_loops = _record_users(use, ctx)
     if source.devnum is not None:
         found += device_users(source.devnum)
-        if request.writable and blockdev.claimed_exclusively(source.fd, source.path):
+        if use.writable and blockdev.claimed_exclusively(source.fd, source.path):
             found.append(User("dom0 (mounted, or held by LVM, md, device-mapper or swap)", None, True))
     elif opened_only_through(source.fd):
         ctx.log.debug(f"{source.path}: open nowhere else, so no loop device is bound to it")
     else:
         ctx.log.debug(f"{source.path}: open elsewhere: looking for loop devices bound to it")
         for node, devnum, info in loop.backed_by(source.stat):
-            if (devnum, info.mark) not in recorded_loops:
+            if (devnum, info.mark) not in recorded_loops and use.overlaps(info.extent):
                 found += device_users(devnum) or [User(_unrecorded(node, info), None, not info.read_only)]
     return found
 
@@ -87,20 +88,25 @@ def opened_only_through(fd):
         signal.signal(signal.SIGIO, previous)
 
 
-def _record_users(source, ctx):
+def _record_users(use, ctx):
     """Users that other disks' records name, and the (Devnum, mark) of the
-    loop devices those records account for."""
+    loop devices those records account for. A record's use of the image
+    counts where its extent overlaps ours: two partitions of one image are
+    no conflict."""
     found, loops = [], set()
-    wanted = source.overlapping_ids()
+    wanted = use.source.overlapping_ids()
     for record in ctx.state.records():
-        if record["key"] == ctx.key or record.get("image") not in wanted:
+        if record["key"] == ctx.key:
             continue
-        if _clean_if_orphaned(record, ctx):
+        theirs = [image for image in record.get("images", ())
+                  if image["id"] in wanted and use.overlaps(image["extent"])]
+        if not theirs or _clean_if_orphaned(record, ctx):
             continue
         domid = record.get("frontend_id")
-        found.append(User(f"domain {domid} ({record['key']})", domid, record["writable"]))
+        writable = any(image["writable"] for image in theirs)
+        found.append(User(f"domain {domid} ({record['key']})", domid, writable))
         loops |= {(blockdev.Devnum.parse(step["devnum"]), step["mark"])
-                  for step in record["steps"] if "devnum" in step}
+                  for step in record["steps"] if "devnum" in step and "mark" in step}
     return found, loops
 
 

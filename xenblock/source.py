@@ -11,11 +11,26 @@ through /proc/self/fd, which names that very inode.
 import errno
 import os
 import stat
+from collections import namedtuple
 
 from .blockdev import Devnum, family, is_read_only
 from .errors import HotplugError
 
 SECTOR = 512
+
+
+class Use(namedtuple("Use", "source writable extent", defaults=(None,))):
+    """One image a disk uses and how: source (a Source), writable, and
+    extent, the (start, end) byte range used, None for all of it. A
+    copy-on-write disk reads its base (writable False) and writes its store;
+    a partition disk uses one extent of its image."""
+    __slots__ = ()
+
+    def overlaps(self, extent):
+        """Whether this use shares bytes with extent (None: the whole image)."""
+        if self.extent is None or extent is None:
+            return True
+        return self.extent[0] < extent[1] and extent[0] < self.extent[1]
 
 
 class Source:

@@ -8,9 +8,11 @@ Every write is atomic (temporary file, fsync, rename): a reader sees the old
 record or the new one, never half of one.
 
 Record fields: key (the XENBUS_PATH), type, target, mode, frontend_id,
-image (identity of the image, for the sharing check), writable, state
-("building" until connected) and steps (list of dicts, each with "undo": the
-name of the undo function in build.UNDO, plus that function's data).
+images (for the sharing check: each image the disk uses, as {"id": its
+identity, "writable": bool, "extent": [start, end) in bytes or None for all
+of it}), state ("building" until connected) and steps (list of dicts, each
+with "undo": the name of the undo function in build.UNDO, plus that
+function's data).
 
 The directory is fixed, not a setting: the udev rule
 (etc/udev/rules.d/59-xenblock.rules) tests for markers under it and cannot
@@ -36,6 +38,11 @@ class StateDir:
 
     def lock_path(self, name):
         return os.path.join(self.lock_dir, _filename(name))
+
+    def image_lock_path(self, image_id):
+        """The lock of an image (see lifecycle._image_locked), held while its
+        users are checked and its shared objects found, made or released."""
+        return self.lock_path(f"image:{image_id}")
 
     def record_path(self, key):
         return os.path.join(self.path, _filename(key) + RECORD_SUFFIX)
@@ -85,15 +92,15 @@ class StateDir:
                         _unlink(os.path.join(self.path, name))
 
 
-def new_record(key, disk_type, request):
+def new_record(key, disk_type, request, uses):
     return {
         "key": key,
         "type": disk_type,
         "target": request.target,
         "mode": request.mode,
         "frontend_id": request.frontend_id,
-        "writable": request.writable,
-        "image": None,
+        "images": [{"id": use.source.image_id, "writable": use.writable,
+                    "extent": list(use.extent) if use.extent else None} for use in uses],
         "state": "building",
         "steps": [],
     }

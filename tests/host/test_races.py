@@ -73,7 +73,7 @@ def test_a_target_swapped_while_checked_binds_the_inode_checked(driver, images):
     assert loop.status(node).backing_ino == checked_inode
     with open(node, "rb") as f:
         assert f.read(17) == b"the checked image"
-    assert driver.record(key)["image"].endswith(f":{checked_inode}")
+    assert driver.record(key)["images"][0]["id"].endswith(f":{checked_inode}")
     assert driver.remove(key).returncode == 0
 
 

@@ -38,6 +38,12 @@ if mountpoint -q /etc/lvm; then
     umount /etc/lvm || die "cannot unmount virtme's /etc/lvm"
 fi
 
+# block-cow's stores go to /var/lib/xenblock/cow, on a host's local disk. Here
+# /var is virtme's overlay, which cannot make unnamed files (O_TMPFILE) before
+# Linux 6.6: a tmpfs stands in for the disk, as ext4 or xfs would.
+mkdir -p /var/lib/xenblock && mount -t tmpfs -o size=512M,mode=0700 xenblock /var/lib/xenblock \
+    || die "cannot mount a tmpfs on /var/lib/xenblock"
+
 [ -x "$XENBLOCK_VENV/bin/python" ] || die "no venv at XENBLOCK_VENV=$XENBLOCK_VENV"
 installed=""
 for script in "$XENBLOCK_VENV"/bin/block-*; do

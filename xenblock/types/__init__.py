@@ -2,17 +2,20 @@
 
 Each module offers the same lifecycle:
   parse(target) -> spec          the target= string, checked for form only
-  check(spec, request) -> Source what it names, opened once and checked
-                                 against the request; creates nothing; the
-                                 caller closes it (a context manager)
-  attach(source, request, build) -> Device
+  check(spec, request, config, opened) -> [Use, ...]
+                                 the images it names (source.Use: each opened
+                                 once, entered into the ExitStack opened, and
+                                 how the disk uses it), checked against the
+                                 request; creates nothing
+  attach(spec, uses, request, build) -> Device
                                  build the device, recording every kernel
                                  object through build before it exists
 Teardown is generic: it undoes the record (see xenblock.build).
 """
-from . import file
+from . import cow, file
 
 TYPES = {
+    "cow": cow,
     "file": file,
 }
 

@@ -2,13 +2,10 @@
 
 The drop-in for Xen's `block` script: target= is the path.
 """
-import mmap
-import os
-
 from .. import loop
 from ..blockdev import Device
 from ..errors import HotplugError
-from ..source import resolve
+from ..source import Use, resolve
 
 
 def parse(target):
@@ -18,33 +15,15 @@ def parse(target):
     return path
 
 
-def check(path, request):
-    return resolve(path, request.writable)
+def check(path, request, config, opened):
+    return [Use(opened.enter_context(resolve(path, request.writable)), request.writable)]
 
 
-def attach(source, request, build):
+def attach(path, uses, request, build):
+    source = uses[0].source
     if source.devnum is not None:
         return Device(source.path, source.devnum, "block device")
-    direct_io = build.config.direct_io and _direct_io_works(source)
-    device = build.loop_device(source.fd, read_only=not request.writable, direct_io=direct_io)
+    device = build.loop_device(source.fd, read_only=not request.writable)
     mode = "read-write" if request.writable else "read-only"
     io = "direct I/O" if loop.direct_io_active(device) else "buffered I/O"
     return Device(device.node, device.devnum, f"{mode}, {io}")
-
-
-def _direct_io_works(source):
-    """One aligned O_DIRECT read of the backing file. The loop driver trusts
-    the file system's word, and some give it falsely (overlayfs over tmpfs
-    claims direct I/O, then every guest I/O fails): ask only when it works."""
-    try:
-        fd = source.reopen(os.O_RDONLY | os.O_DIRECT)
-    except OSError:
-        return False
-    try:
-        with mmap.mmap(-1, mmap.PAGESIZE) as aligned:  # O_DIRECT wants an aligned buffer
-            os.preadv(fd, [aligned], 0)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)

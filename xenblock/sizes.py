@@ -1,0 +1,39 @@
+"""Sizes as people write them in targets and the config: a bare number is
+MiB (what Xen's old cow: syntax meant), K, M, G and T suffixes are binary
+multiples (KiB, ..., TiB; "KiB" and "KB" are read the same)."""
+
+MIB = 1 << 20
+UNITS = {"": MIB, "K": 1 << 10, "M": MIB, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse(text):
+    """Bytes from text; ValueError with a reason a person understands."""
+    word = text.strip().upper()
+    digits = len(word) - len(word.lstrip("0123456789"))
+    number, unit = word[:digits], word[digits:]
+    if unit[1:] in ("B", "IB"):
+        unit = unit[0]  # KiB, KB: K
+    if not number or unit not in UNITS:
+        raise ValueError(f"{text.strip()!r} is not a size: expected a number of MiB, or a number with "
+                         "a K, M, G or T suffix (such as 512M or 4G)")
+    value = int(number) * UNITS[unit]
+    if value == 0:
+        raise ValueError("a size of zero")
+    return value
+
+
+def looks_like_size(word):
+    """Whether word was meant as a size (and must parse as one)."""
+    return word[:1].isdigit()
+
+
+def text(value):
+    """value in bytes for messages: exact in the largest unit that divides
+    it (4G), else to a tenth of the largest unit it reaches (935.7M)."""
+    for unit in ("T", "G", "M", "K"):
+        if value % UNITS[unit] == 0:
+            return f"{value // UNITS[unit]}{unit}"
+    for unit in ("T", "G", "M", "K"):
+        if value >= UNITS[unit]:
+            return f"{value / UNITS[unit]:.1f}{unit}"
+    return f"{value} bytes"
