@@ -19,9 +19,9 @@ FLAG_WORDS = {"1": True, "yes": True, "true": True, "on": True,
               "0": False, "no": False, "false": False, "off": False}
 
 Config = namedtuple(
-    "Config", "log_file debug syslog direct_io cow_directory cow_size cow_max_size cow_sparse",
+    "Config", "log_file debug syslog direct_io cow_directory cow_size cow_max_size cow_sparse snapshot_max_size",
     defaults=("/var/log/xen/xen-hotplug.log", False, True, True,
-              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False))
+              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False, None))
 
 
 class ConfigError(HotplugError):
@@ -46,6 +46,11 @@ def _size(text):
     return sizes.parse(text)
 
 
+def _size_or_none(text):
+    """A size, or none: no limit."""
+    return None if text.lower() == "none" else _size(text)
+
+
 # (section, name in the file) -> (Config field, conversion)
 SETTINGS = {
     ("general", "log_file"): ("log_file", _path),
@@ -56,6 +61,7 @@ SETTINGS = {
     ("cow", "size"): ("cow_size", _size),
     ("cow", "max_size"): ("cow_max_size", _size),
     ("cow", "sparse"): ("cow_sparse", _flag),
+    ("snapshot", "max_size"): ("snapshot_max_size", _size_or_none),
 }
 SECTIONS = {section for section, _ in SETTINGS}
 

@@ -230,7 +230,8 @@ def remove(uuid, deadline):
             _call(DM_DEV_REMOVE, pack_request(uuid=uuid, event_nr=UDEV_COOKIE), f"remove {uuid}")
             return True
         except DeviceMapperError as e:
-            if e.errno == errno.ENXIO:
+            # ENOENT: no control node, so no device-mapper and no device.
+            if e.errno in (errno.ENXIO, errno.ENOENT):
                 return False
             if e.errno != errno.EBUSY or deadline.expired():
                 raise DeviceMapperError(f"{e}{_users(uuid)}", e.errno) from e

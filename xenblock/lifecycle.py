@@ -114,8 +114,12 @@ def _undone_on_failure(record, ctx):
     nothing bound."""
     try:
         yield
-    except BaseException:
-        teardown(record, ctx.state, ctx.deadline)
+    except BaseException as failure:
+        try:
+            teardown(record, ctx.state, ctx.deadline)
+        except HotplugError as undo:
+            # Both are news to the administrator: what failed, and what stays.
+            raise HotplugError(f"{failure}; and undoing the add failed: {undo}") from failure
         raise
 
 

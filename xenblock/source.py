@@ -41,6 +41,14 @@ class Source:
     def __init__(self, path, fd, st, devnum):
         self.path, self.fd, self.stat, self.devnum = path, fd, st, devnum
 
+    @classmethod
+    def of_descriptor(cls, path, fd):
+        """The Source of a file or block device already open on fd, opened
+        as a caller needs it (block-snapshot's CoW file: O_NOFOLLOW, read-
+        write). It owns fd from now on: closed with it."""
+        st = os.fstat(fd)
+        return cls(path, fd, st, Devnum.of_rdev(st.st_rdev) if stat.S_ISBLK(st.st_mode) else None)
+
     def __enter__(self):
         return self
 

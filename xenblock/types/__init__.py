@@ -12,10 +12,12 @@ Each module offers the same lifecycle:
                                  object through build before it exists
 Teardown is generic: it undoes the record (see xenblock.build).
 """
-from . import cow, file
+from . import cow, file, part, snapshot
 
 TYPES = {
     "cow": cow,
     "file": file,
+    "part": part,
+    "snapshot": snapshot,
 }
 

@@ -1,0 +1,94 @@
+"""block-cow driven as libxl drives it, against dom0's real device-mapper:
+what is built, what is shared, what teardown leaves (nothing)."""
+import hashlib
+import os
+import subprocess
+
+from tests.support.cases import DOM_A, DOM_B, assert_error
+from tests.support.fixtures import read_at
+from tests.support.cow_cases import cow_env
+from xenblock import dm, loop
+
+SCRIPT = "block-cow"
+MARK = b"xenblock-cow-base"
+
+
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def base_loops(path):
+    return [(node, info) for node, _, info in loop.backed_by(os.stat(path))]
+
+
+def write_at(node, offset, data):
+    with open(node, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_two_snapshots_share_one_read_only_base_device_and_keep_their_writes_apart(driver, images, tmp_path):
+    base = images("shared-base.img", MARK, size=16 << 20)
+    before = digest(base)
+    env = cow_env(driver, tmp_path)
+    keys = [driver.backend(f"{base} 8M", script=SCRIPT, frontend_id=domid) for domid in (DOM_A, DOM_B)]
+    for key in keys:
+        result = driver.add(key, script=SCRIPT, env=env)
+        assert result.returncode == 0, result.stderr
+    shared = base_loops(base)
+    assert len(shared) == 1 and shared[0][1].read_only, shared
+    nodes = [driver.read(f"{key}/physical-device-path") for key in keys]
+    assert all(node.startswith("/dev/dm-") for node in nodes) and nodes[0] != nodes[1], nodes
+    for key, node in zip(keys, nodes):
+        name, uuid = dm.names_for(key)
+        (target,) = dm.table(uuid)
+        assert target.type == "snapshot" and target.params.split()[2:] == ["N", "128"], target
+        assert read_at(node, 0, len(MARK)) == MARK
+    write_at(nodes[0], 1 << 20, b"written through A")
+    write_at(nodes[1], 1 << 20, b"written through B")
+    assert read_at(nodes[0], 1 << 20, 17) == b"written through A"
+    assert read_at(nodes[1], 1 << 20, 17) == b"written through B"
+    assert driver.remove(keys[0], script=SCRIPT, env=env).returncode == 0
+    assert base_loops(base) == shared, "the base device went while B's snapshot is on it"
+    assert read_at(nodes[1], 1 << 20, 17) == b"written through B"
+    assert driver.remove(keys[1], script=SCRIPT, env=env).returncode == 0
+    assert base_loops(base) == []
+    assert dm.info(dm.names_for(keys[0])[1]) is None and dm.info(dm.names_for(keys[1])[1]) is None
+    assert digest(base) == before
+    assert [name for name in (tmp_path / "cow").iterdir()] == []
+
+
+def test_a_file_writer_of_a_base_under_a_live_snapshot_is_refused_and_readers_share(driver, images, tmp_path):
+    base = images("busy-base.img", MARK)
+    env = cow_env(driver, tmp_path)
+    snapshot = driver.backend(f"{base} 8M", script=SCRIPT, frontend_id=DOM_A)
+    assert driver.add(snapshot, script=SCRIPT, env=env).returncode == 0
+    writer = driver.backend(base, frontend_id=DOM_B)
+    assert_error(driver.add(writer), driver, writer, f"{base}: already in use read-only by domain {DOM_A}",
+                 "refusing read-write access")
+    reader = driver.backend(base, mode="r", frontend_id=DOM_B)
+    assert driver.add(reader).returncode == 0
+    assert driver.remove(reader).returncode == 0
+    assert driver.remove(snapshot, script=SCRIPT, env=env).returncode == 0
+
+
+def test_remove_of_a_snapshot_dom0_holds_open_fails_naming_the_holder_then_finishes(driver, images, tmp_path):
+    base = images("held-base.img", MARK)
+    env = cow_env(driver, tmp_path)
+    key = driver.backend(f"{base} 8M", script=SCRIPT, frontend_id=DOM_A)
+    assert driver.add(key, script=SCRIPT, env=env).returncode == 0
+    node = driver.read(f"{key}/physical-device-path")
+    holder = subprocess.Popen(["sleep", "600"], stdin=open(node, "rb"))
+    try:
+        result = driver.remove(key, script=SCRIPT, env=env)
+        assert_error(result, driver, key, f"{node} is still in use", f"pid {holder.pid} (sleep 600)",
+                     "the record is kept")
+        assert driver.record(key) is not None and len(base_loops(base)) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    assert driver.remove(key, script=SCRIPT, env=env).returncode == 0
+    assert driver.record(key) is None and base_loops(base) == []
