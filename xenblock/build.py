@@ -40,8 +40,11 @@ class Build:
         disk built on it: found if bound, else bound. Its step's undo lets it
         go once nothing is stacked on it. Called under the image's lock (add
         holds it), as that undo is, so a find and a release never cross."""
+        from .sharing import opened_only_through
         step = self.intend("shared_loop", mark=loop.shared_mark(source.image_id), image=source.image_id)
-        found = loop.find_shared(source.stat, step["mark"])
+        # The first disk on a base: no loop device holds it open, and the
+        # scan (pyudev, whose import runs ldconfig) is skipped.
+        found = None if opened_only_through(source.fd) else loop.find_shared(source.stat, step["mark"])
         if found is None:
             return self._bind(step, source.fd, read_only=True)
         step.update(node=found.node, diskseq=found.diskseq, devnum=str(found.devnum))
