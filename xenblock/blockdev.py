@@ -7,6 +7,7 @@ from .errors import HotplugError
 
 SYS_DEV_BLOCK = "/sys/dev/block"
 XEN_BACKEND_DEVICES = "/sys/bus/xen-backend/devices"
+BLKGETSIZE64 = 0x80081272  # _IOR(0x12, 114, size_t)
 
 
 class Devnum(namedtuple("Devnum", "major minor")):
@@ -47,6 +48,14 @@ def _read(path):
             return f.read().strip()
     except FileNotFoundError:
         return None
+
+
+def size_of(fd):
+    """The size in bytes of the block device open on fd (BLKGETSIZE64)."""
+    import fcntl
+    import struct
+    raw = fcntl.ioctl(fd, BLKGETSIZE64, bytes(8))
+    return struct.unpack("=Q", raw)[0]
 
 
 def diskseq(devnum):

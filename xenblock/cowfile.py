@@ -26,7 +26,7 @@ import time
 import uuid
 import zlib
 
-from .blockdev import Devnum, read_attribute
+from .blockdev import Devnum, read_attribute, size_of
 from .errors import HotplugError
 
 # Where the dm store starts. 1 MiB is a multiple of every logical block size
@@ -52,7 +52,6 @@ EXCEPTION_SIZE = 16  # struct disk_exception: old_chunk, new_chunk, two le64
 
 # ioctls: _IOR(0x15, 0, struct fsuuid2 {u8 len; u8 uuid[16]}), _IOR(0x12, 114, u64)
 FS_IOC_GETFSUUID = 0x80111500
-BLKGETSIZE64 = 0x80081272
 
 UDEV_DATA = "/run/udev/data"
 
@@ -83,7 +82,7 @@ def base_identity(fd, st, path):
     """
     if stat.S_ISBLK(st.st_mode):
         devnum = Devnum.of_rdev(st.st_rdev)
-        return {"type": "device", "id": device_id(devnum, path), "size": _device_size(fd)}
+        return {"type": "device", "id": device_id(devnum, path), "size": size_of(fd)}
     if not stat.S_ISREG(st.st_mode):
         raise HotplugError(f"{path}: a base must be an image file or a block device")
     return {"type": "file", "fs_uuid": fs_uuid(fd, st), "inode": st.st_ino, "size": st.st_size,
@@ -191,9 +190,6 @@ def _read(path):
         return None
 
 
-def _device_size(fd):
-    size = fcntl.ioctl(fd, BLKGETSIZE64, bytes(8))
-    return struct.unpack("=Q", size)[0]
 
 
 # -- sizes ----------------------------------------------------------------------

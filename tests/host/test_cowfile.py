@@ -673,7 +673,7 @@ def test_block_device_size_and_identity_on_a_real_device(tmp_path):
     except OSError as e:
         pytest.skip(f"cannot open a device node here: {e.strerror}")
     try:
-        assert cowfile._device_size(fd) == int(sectors) * 512
+        assert blockdev.size_of(fd) == int(sectors) * 512
         try:
             identity = cowfile.base_identity(fd, os.fstat(fd), str(node))
         except HotplugError as e:

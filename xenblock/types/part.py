@@ -21,18 +21,15 @@ its partitions do.
 The table is read once, in check, through the image's one descriptor (see
 source.py); attach binds exactly the range check found and recorded.
 """
-import fcntl
 import os
 import re
-import struct
 from dataclasses import dataclass
 
 from .. import loop, partitions
-from ..blockdev import Device
+from ..blockdev import Device, size_of
 from ..errors import HotplugError
 from ..source import Use, resolve
 
-BLKGETSIZE64 = 0x80081272  # _IOR(0x12, 114, size_t): a block device's size in bytes
 USAGE = "give the image's path, then the partition number (such as '/srv/disk.img 1')"
 
 
@@ -99,10 +96,9 @@ def _image_size(source):
     if source.devnum is None:
         return source.stat.st_size
     try:
-        raw = fcntl.ioctl(source.fd, BLKGETSIZE64, bytes(8))
+        return size_of(source.fd)
     except OSError as e:
         raise HotplugError(f"{source.path}: cannot read the block device's size: {e.strerror}") from None
-    return struct.unpack("=Q", raw)[0]
 
 
 def _reopen_writable(source):
