@@ -5,10 +5,11 @@ is created, then completes the step; on failure the caller undoes the steps
 in reverse. The record is therefore the rollback stack while building and
 the teardown record afterwards: one list, never two places.
 """
+import contextlib
 import errno
 import os
 
-from . import locks, loop
+from . import locks, loop, twin
 from .blockdev import Devnum, holders
 from .errors import HotplugError
 
@@ -136,13 +137,35 @@ UNDO = {"loop": undo_loop, "shared_loop": undo_shared_loop, "dm": undo_dm, "unli
 def teardown(record, state, deadline):
     """Undo a record's steps, newest first, saving progress after each, so a
     remove killed or failing half-way resumes where it stopped; then drop the
-    record. A step that cannot be undone raises, and stays recorded."""
-    steps = record["steps"]
-    while steps:
-        UNDO[steps[-1]["undo"]](steps[-1], state, deadline)
-        steps.pop()
-        state.save(record)
-    state.delete(record["key"])
+    record. A step that cannot be undone raises, and stays recorded. An
+    object a twin's record names too (xenblock.twin) is left to the twin."""
+    with _twin_objects(record, state, deadline) as twins:
+        steps = record["steps"]
+        while steps:
+            if _identity(steps[-1]) not in twins:
+                UNDO[steps[-1]["undo"]](steps[-1], state, deadline)
+            steps.pop()
+            state.save(record)
+        state.delete(record["key"])
+
+
+@contextlib.contextmanager
+def _twin_objects(record, state, deadline):
+    """The identities of the objects that the records of this disk's twins
+    (the same dm snapshot) name, under the lock that adopting them takes."""
+    lock = twin.lock_path(state, record)
+    if lock is None:
+        yield frozenset()
+        return
+    uuid = twin.snapshot_uuid(record)
+    with locks.held(lock, deadline, f"the lock of {uuid}"):
+        yield {_identity(step) for other in state.records()
+               if other["key"] != record["key"] and twin.snapshot_uuid(other) == uuid
+               for step in other["steps"]}
+
+
+def _identity(step):
+    return step["undo"], step.get("uuid"), step.get("path"), step.get("node"), step.get("diskseq")
 
 
 def _write_marker(directory, number, mark):

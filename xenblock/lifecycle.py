@@ -8,7 +8,7 @@ remove: undo exactly what the record names; nothing recorded, nothing to do.
 import contextlib
 from collections import namedtuple
 
-from . import locks
+from . import locks, twin
 from .build import Build, teardown
 from .errors import HotplugError
 from .request import Request
@@ -37,6 +37,7 @@ def add(ctx):
         spec = module.parse(request.target)
         uses = module.check(spec, request, ctx.config, opened)
         record = new_record(ctx.key, ctx.disk_type, request, uses)
+        found = twin.find(record, request, ctx, opened) if _one_device_per_vm(module, request) else None
         with _undone_on_failure(record, ctx):
             # Held from the sharing check until the record is saved: two adds of one
             # image cannot both see "no other user". Other images are not held up.
@@ -44,7 +45,8 @@ def add(ctx):
                 for use in uses:
                     _refuse_conflicts(use, request, ctx)
                 ctx.state.save(record)  # from here on, concurrent sharing checks see us
-                device = module.attach(spec, uses, request, Build(ctx.state, record, ctx.config, ctx.deadline))
+                build = Build(ctx.state, record, ctx.config, ctx.deadline)
+                device = (found and twin.adopt(found, build)) or module.attach(spec, uses, request, build)
             _publish(device, record, ctx)
     guest = _guest_name(ctx.xs, request.frontend_id)
     return f"{request.target} -> {device.path} ({device.devnum}, {device.detail}) for {guest}"
@@ -69,6 +71,12 @@ def _type_module(disk_type):
     except KeyError:
         known = ", ".join(f"block-{name}" for name in sorted(TYPES))
         raise HotplugError(f"unknown disk type {disk_type!r}: this script must be one of {known}") from None
+
+
+def _one_device_per_vm(module, request):
+    """Whether a second domain of one VM gets the first's device (see
+    xenblock.twin): a type's writable snapshots."""
+    return request.writable and getattr(module, "ONE_DEVICE_PER_VM", False)
 
 
 def _images_locked(uses, ctx):

@@ -22,7 +22,7 @@ XENSTORE_KEPT = {"/libxl", "/vm"}
 def take(xs_client):
     return {
         "xenstore": _xenstore_paths(xs_client) - XENSTORE_KEPT,
-        "loop devices": _bound_loops(),
+        "loop devices": bound_loops(),
         "dm devices": _lines(["dmsetup", "ls"], ignore="No devices found"),
         "logical volumes": _lines(["lvs", "--noheadings", "-o", "vg_name,lv_name"]),
         "nbd connections": {p for p in glob.glob("/sys/block/nbd*/pid")},
@@ -63,7 +63,7 @@ def _xenstore_paths(client):
     return found
 
 
-def _bound_loops():
+def bound_loops():
     found = set()
     for backing in glob.glob("/sys/block/loop*/loop/backing_file"):
         with open(backing) as f:

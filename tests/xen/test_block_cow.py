@@ -4,7 +4,9 @@ import hashlib
 import os
 import subprocess
 
-from tests.support.cases import DOM_A, DOM_B, assert_error
+import pytest
+
+from tests.support.cases import DOM_A, DOM_B, DOM_C, assert_error
 from tests.support.fixtures import read_at
 from tests.support.cow_cases import cow_env
 from xenblock import dm, loop
@@ -92,3 +94,39 @@ def test_remove_of_a_snapshot_dom0_holds_open_fails_naming_the_holder_then_finis
         holder.wait()
     assert driver.remove(key, script=SCRIPT, env=env).returncode == 0
     assert driver.record(key) is None and base_loops(base) == []
+
+
+@pytest.mark.parametrize("script", ["block-cow", "block-snapshot"])
+def test_the_domains_of_one_vm_get_one_snapshot_which_goes_with_the_last_of_them(driver, images, tmp_path, script):
+    # A live migration's destination (same /vm node) and a stub domain (its
+    # target is the guest) must see the guest's changes: the same device,
+    # not a second snapshot with an empty store.
+    base = images("one-vm-base.img", MARK)
+    target = f"{base} 8M" if script == SCRIPT else f"{base}:{tmp_path / 'one-vm.cow'}"
+    env = cow_env(driver, tmp_path)
+    for domid in (DOM_A, DOM_B):
+        driver.write(f"/local/domain/{domid}/vm", "/vm/xenblock-test-one-vm")
+    driver.write(f"/local/domain/{DOM_C}/target", str(DOM_A))
+    try:
+        keys = [driver.backend(target, script=script, frontend_id=domid) for domid in (DOM_A, DOM_B, DOM_C)]
+        assert driver.add(keys[0], script=script, env=env).returncode == 0
+        node = driver.read(f"{keys[0]}/physical-device-path")
+        write_at(node, 1 << 20, b"the guest's change")
+        for key in keys[1:]:
+            result = driver.add(key, script=script, env=env)
+            assert result.returncode == 0, result.stderr
+            assert driver.read(f"{key}/physical-device-path") == node
+        assert len(our_devices()) == 1
+        for key in keys[:2]:
+            assert driver.remove(key, script=script, env=env).returncode == 0
+            assert read_at(node, 1 << 20, 18) == b"the guest's change", "taken from under the last domain"
+        assert len(base_loops(base)) == 1 and len(our_devices()) == 1
+        assert driver.remove(keys[2], script=script, env=env).returncode == 0
+        assert our_devices() == [] and base_loops(base) == []
+    finally:
+        for domid in (DOM_A, DOM_B, DOM_C):
+            driver.delete(f"/local/domain/{domid}")
+
+
+def our_devices():
+    return [device for device in dm.list_devices() if device.uuid.startswith(dm.UUID_PREFIX)]

@@ -37,6 +37,11 @@ from . import file
 CHUNK_SECTORS = 128
 SECTOR = 512
 
+# A second domain of one VM (a live migration's destination, a stub domain)
+# gets the first's snapshot, with the guest's changes, not a second one with
+# an empty store (xenblock.twin).
+ONE_DEVICE_PER_VM = True
+
 Spec = namedtuple("Spec", "path size")
 
 

@@ -25,12 +25,13 @@ than FULL_BELOW free, or less than the CoW file can grow by if that is
 less) refuses the add: there a guest's first writes would fill it, and a
 write the host cannot store invalidates the snapshot, all of it.
 
-One CoW file serves one disk at a time, even for two domains of one VM (a
-live migration's, a stub domain's): each snapshot loads the store's table
-into kernel memory when it is built and then allocates chunks on its own,
-so two would overwrite each other's changes. So such disks cannot be
-live-migrated, and access=r is refused (a read-only snapshot would still
-have to write a new store's header; block-file serves a base read-only).
+One CoW file serves one disk at a time: each snapshot loads the store's
+table into kernel memory when it is built and then allocates chunks on its
+own, so two would overwrite each other's changes. Two domains of one VM (a
+live migration's, a stub domain's) therefore get one snapshot, the one the
+first built (xenblock.twin); another guest's disk on a CoW file in use is
+refused. access=r is refused too (a read-only snapshot would still have to
+write a new store's header; block-file serves a base read-only).
 """
 import hashlib
 import os
@@ -68,6 +69,8 @@ FULL_BELOW = 256 << 20
 # The least a capped CoW file must hold: our header, the store's header
 # chunk, one metadata chunk and one data chunk.
 SMALLEST = cowfile.HEADER_SIZE + 3 * CHUNK
+# See the module's doc and xenblock.twin.
+ONE_DEVICE_PER_VM = True
 
 
 class Spec:
@@ -224,14 +227,16 @@ def _check_space(spec, growth):
 
 def _refuse_second_store(cow, build):
     """The sharing check lets two domains of one VM share a writable image;
-    not a CoW file (see the module's doc). Called under its image lock."""
+    they share the snapshot of a CoW file (lifecycle adopts it), never build
+    a second one: this is reached when the first domain's disk is not yet
+    connected. Called under its image lock."""
     for record in build.state.records():
         if record["key"] != build.record["key"] and \
                 any(image["id"] == cow.image_id for image in record.get("images", ())):
             raise HotplugError(
-                f"{cow.path}: already in use by domain {record.get('frontend_id')} ({record['key']}); a CoW file "
-                "serves one disk at a time, even for two domains of one VM (a live migration's): each would "
-                "keep its own table of the changes and overwrite the other's")
+                f"{cow.path}: already in use by domain {record.get('frontend_id')} ({record['key']}), not yet "
+                "connected; a CoW file serves one snapshot at a time (two would overwrite each other's "
+                "changes), which a second domain of one VM shares once the first has it")
 
 
 def _create(spec, build):

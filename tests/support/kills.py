@@ -1,0 +1,113 @@
+"""A script killed, or failing, at every point where it changes something,
+as libxl's SIGKILL after its time limit may kill it. Shared by the host
+tier (block-file, block-part) and the VM tier (the device-mapper types).
+
+The points come from a trace of a successful run (strace), so they follow
+the code; the kill is strace's own fault injection (inject=SYSCALL:
+signal=KILL:when=N), with no hook in xenblock.
+"""
+import re
+import signal
+from collections import namedtuple
+
+MARKER = b"data the guest must find after the kill"
+# System calls that change state a kill could strand: files created,
+# renamed or removed, locks taken, loop and dm devices chosen, made,
+# bound, loaded or removed.
+CHANGING = ("openat", "rename", "unlink", "flock", "ioctl")
+# Device-mapper ioctls that only read.
+DM_READS = ("DM_VERSION", "DM_DEV_STATUS", "DM_TABLE_STATUS", "DM_LIST_DEVICES")
+# The same calls in every run: no .pyc written by the first one.
+STABLE = {"PYTHONDONTWRITEBYTECODE": "1"}
+LINE = re.compile(r"^\d+\s+(\w+)\((.*)")
+
+# A disk to kill: its script and target, the image whose loop devices must
+# all go, where the guest's device shows MARKER, and the run's environment.
+Disk = namedtuple("Disk", "script target image marker_at env", defaults=({},))
+
+
+def changing_calls(driver, disk, command, key, tmp_path):
+    """(syscall, N, call text) of each state-changing call a successful
+    `command` makes, N counting that syscall's calls in the run."""
+    trace = tmp_path / f"{command}.trace"
+    wrapper = ["strace", "-f", "-qq", "-o", str(trace), "-e", f"trace={','.join(CHANGING)}"]
+    result = run(driver, disk, command, key, wrapper)
+    assert result.returncode == 0, result.stderr
+    counts, points = {}, []
+    for line in trace.read_text().splitlines():
+        match = LINE.match(line)
+        if not match:
+            continue  # "<... resumed>" halves and signals
+        name, args = match.groups()
+        counts[name] = counts.get(name, 0) + 1
+        if _changes_state(name, args):
+            points.append((name, counts[name], line))
+    assert points, "the trace shows no state-changing call"
+    return points
+
+
+def _changes_state(name, args):
+    if name == "openat":
+        return "O_CREAT" in args or "O_WRONLY" in args or "O_TMPFILE" in args
+    if name == "ioctl":
+        return "LOOP_" in args or ("DM_" in args and not any(read in args for read in DM_READS))
+    return True
+
+
+def run(driver, disk, command, key, wrapper=()):
+    return driver.run(command, key, script=disk.script, env={**STABLE, **disk.env}, wrapper=wrapper)
+
+
+def fresh_backend(driver, disk, key):
+    """libxl's next backend for the disk: the old one's nodes are gone."""
+    driver.destroy_backend(key)
+    return driver.backend(disk.target, script=disk.script)
+
+
+def killed(driver, disk, command, key, syscall, number):
+    wrapper = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
+               "-e", f"inject={syscall}:signal=KILL:when={number}"]
+    result = run(driver, disk, command, key, wrapper)
+    assert result.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), result.stderr
+
+
+def failed(driver, disk, key, syscall, number):
+    """add with the call failing once with EIO."""
+    wrapper = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
+               "-e", f"inject={syscall}:error=EIO:when={number}"]
+    return run(driver, disk, "add", key, wrapper)
+
+
+def read_device(driver, key, disk):
+    with open(driver.read(f"{key}/physical-device-path"), "rb") as f:
+        f.seek(disk.marker_at)
+        return f.read(len(MARKER))
+
+
+def kill_add_at_each(driver, disk, key, points, leftovers):
+    """add killed at each point, then remove (nothing left) or add again
+    (the data served, then removed: nothing left). leftovers() names what
+    is left: empty when nothing is. Returns the last key used."""
+    for syscall, number, line in points:
+        for next_run in ("remove", "add"):
+            key = fresh_backend(driver, disk, key)
+            killed(driver, disk, "add", key, syscall, number)
+            result = run(driver, disk, next_run, key)
+            assert result.returncode == 0, (line, next_run, result.stderr)
+            if next_run == "add":
+                assert read_device(driver, key, disk) == MARKER, line
+                assert run(driver, disk, "remove", key).returncode == 0, line
+            assert not leftovers(), (line, next_run, leftovers())
+    return key
+
+
+def kill_remove_at_each(driver, disk, key, points, leftovers):
+    """remove killed at each point, then remove again: nothing left."""
+    for syscall, number, line in points:
+        key = fresh_backend(driver, disk, key)
+        assert run(driver, disk, "add", key).returncode == 0, line
+        killed(driver, disk, "remove", key, syscall, number)
+        result = run(driver, disk, "remove", key)
+        assert result.returncode == 0, (line, result.stderr)
+        assert not leftovers(), (line, leftovers())
+    return key
