@@ -146,9 +146,9 @@ def _size(path):
         return None
 
 
-def _image(path):
+def _image(path, size=64 << 20):
     with open(path, "wb") as f:
-        f.truncate(64 << 20)
+        f.truncate(size)
     return path
 
 

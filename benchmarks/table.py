@@ -1,19 +1,51 @@
-"""Print benchmarks/results.json as the Markdown table of RESULTS.md, with ratios."""
+"""Print benchmarks/results.json (block-file against the stock script) and,
+if given, benchmarks/results-dm.json (the device-mapper types) as the
+Markdown tables of RESULTS.md, with ratios."""
 import json
 import sys
 
-with open(sys.argv[1]) as f:
-    data = json.load(f)
-print("| target | other vbds | stock add+remove (s) | block-file add+remove (s) | ratio | "
-      "processes per add (stock / ours) | xenstore requests per add (stock / ours) |")
-print("|---|---|---|---|---|---|---|")
-rows = {(r["target"], r["other_vbds"], r["script"]): r for r in data["results"]}
-for target, count in sorted({(r["target"], r["other_vbds"]) for r in data["results"]}):
-    stock, ours = rows[(target, count, "stock block")], rows[(target, count, "xenblock block-file")]
-    ratio = ours["add_remove_median_s"] / stock["add_remove_median_s"]
-    print(f"| {'image file' if target == 'file' else 'block device'} | {count} | "
-          f"{stock['add_remove_median_s']:.2f} | {ours['add_remove_median_s']:.2f} | {ratio:.2f} | "
-          f"{stock['processes_per_add']} / {ours['processes_per_add']} | "
-          f"{stock['xenstore_requests_per_add']} / {ours['xenstore_requests_per_add']} |")
-print()
-print("machine:", json.dumps(data["machine"]))
+
+def stock_table(data):
+    print("| target | other vbds | stock add+remove (s) | block-file add+remove (s) | ratio | "
+          "processes per add (stock / ours) | xenstore requests per add (stock / ours) |")
+    print("|---|---|---|---|---|---|---|")
+    rows = {(r["target"], r["other_vbds"], r["script"]): r for r in data["results"]}
+    for target, count in sorted({(r["target"], r["other_vbds"]) for r in data["results"]}):
+        stock, ours = rows[(target, count, "stock block")], rows[(target, count, "xenblock block-file")]
+        ratio = ours["add_remove_median_s"] / stock["add_remove_median_s"]
+        print(f"| {'image file' if target == 'file' else 'block device'} | {count} | "
+              f"{stock['add_remove_median_s']:.2f} | {ours['add_remove_median_s']:.2f} | {ratio:.2f} | "
+              f"{stock['processes_per_add']} / {ours['processes_per_add']} | "
+              f"{stock['xenstore_requests_per_add']} / {ours['xenstore_requests_per_add']} |")
+
+
+def dm_tables(data):
+    print("| disk | add (s) | remove (s) | add+remove (s) | ratio to block-file | processes per add | "
+          "xenstore requests per add |")
+    print("|---|---|---|---|---|---|---|")
+    for r in data["latency"]:
+        print(f"| {r['case']} | {r['add_median_s']:.2f} | {r['remove_median_s']:.2f} | "
+              f"{r['add_remove_median_s']:.2f} | {r['ratio_to_block_file']:.2f} | {r['processes_per_add']} | "
+              f"{r['xenstore_requests_per_add']} |")
+    print()
+    t = data["throughput"]
+    print(f"| guest, O_DIRECT, bs=1M, {t['mib_per_dd']} MiB per dd, {t['rounds']} rounds | "
+          "block-file (MB/s) | block-cow (MB/s) | ratio |")
+    print("|---|---|---|---|")
+    for operation, s in t["summary"].items():
+        print(f"| {operation} | {s['block-file_median_mb_s']:.1f} | {s['block-cow_median_mb_s']:.1f} | "
+              f"{s['ratio']:.2f} |")
+
+
+def main(paths):
+    for n, path in enumerate(paths):
+        with open(path) as f:
+            data = json.load(f)
+        print()
+        (stock_table if n == 0 else dm_tables)(data)
+        print()
+        print("machine:", json.dumps(data["machine"]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
