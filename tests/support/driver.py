@@ -48,10 +48,11 @@ class Driver:
         except pyxs.PyXSError:
             pass
 
-    def backend(self, target, mode="w", frontend_id=0, script="block-file", prefix=None, omit=()):
+    def backend(self, target, mode="w", frontend_id=0, script="block-file", prefix=None, omit=(), devid=None):
         """Create a backend directory as libxl does before running add; returns
-        its key. prefix: another parent than the driver's; omit: nodes to leave out."""
-        key = f"{prefix or self.prefix}/{frontend_id}/{next(_devids)}"
+        its key. prefix: another parent than the driver's; omit: nodes to leave
+        out; devid: the guest's device number (a new one unless given)."""
+        key = f"{prefix or self.prefix}/{frontend_id}/{devid or next(_devids)}"
         nodes = {"params": target, "mode": mode, "frontend-id": frontend_id, "script": script,
                  "state": 2, "type": "phy", "device-type": "disk", "online": 1}
         for name, value in nodes.items():

@@ -84,12 +84,15 @@ def read_device(driver, key, disk):
         return f.read(len(MARKER))
 
 
-def kill_add_at_each(driver, disk, key, points, leftovers):
-    """add killed at each point, then remove (nothing left) or add again
-    (the data served, then removed: nothing left). leftovers() names what
-    is left: empty when nothing is. Returns the last key used."""
-    for syscall, number, line in points:
-        for next_run in ("remove", "add"):
+def kill_add_at_each(driver, disk, key, points, leftovers, alternate=False):
+    """add killed at each point, then remove (nothing left) and, again,
+    add (the data served, then removed: nothing left); with alternate, one
+    or the other by turns (both undo the record by one teardown), for
+    half the time. leftovers() names what is left: empty when nothing is.
+    Returns the last key used."""
+    for index, (syscall, number, line) in enumerate(points):
+        next_runs = [("remove", "add")[index % 2]] if alternate else ("remove", "add")
+        for next_run in next_runs:
             key = fresh_backend(driver, disk, key)
             killed(driver, disk, "add", key, syscall, number)
             result = run(driver, disk, next_run, key)

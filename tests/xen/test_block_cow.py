@@ -108,7 +108,9 @@ def test_the_domains_of_one_vm_get_one_snapshot_which_goes_with_the_last_of_them
         driver.write(f"/local/domain/{domid}/vm", "/vm/xenblock-test-one-vm")
     driver.write(f"/local/domain/{DOM_C}/target", str(DOM_A))
     try:
-        keys = [driver.backend(target, script=script, frontend_id=domid) for domid in (DOM_A, DOM_B, DOM_C)]
+        keys = [driver.backend(target, script=script, frontend_id=DOM_A)]
+        devid = keys[0].rsplit("/", 1)[1]  # each domain's disk is the same device of the guest's
+        keys += [driver.backend(target, script=script, frontend_id=domid, devid=devid) for domid in (DOM_B, DOM_C)]
         assert driver.add(keys[0], script=script, env=env).returncode == 0
         node = driver.read(f"{keys[0]}/physical-device-path")
         write_at(node, 1 << 20, b"the guest's change")
