@@ -19,9 +19,10 @@ FLAG_WORDS = {"1": True, "yes": True, "true": True, "on": True,
               "0": False, "no": False, "false": False, "off": False}
 
 Config = namedtuple(
-    "Config", "log_file debug syslog direct_io cow_directory cow_size cow_max_size cow_sparse snapshot_max_size",
+    "Config", "log_file debug syslog direct_io cow_directory cow_size cow_max_size cow_sparse snapshot_max_size "
+              "fill_warning",
     defaults=("/var/log/xen/xen-hotplug.log", False, True, True,
-              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False, None))
+              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False, None, 0.8))
 
 
 class ConfigError(HotplugError):
@@ -51,11 +52,24 @@ def _size_or_none(text):
     return None if text.lower() == "none" else _size(text)
 
 
+def _percentage(text):
+    """A fraction from a percentage such as 80% or 92.5%; the % is required,
+    so that 0.8 cannot be read as 0.8% by one person and 80% by another."""
+    number = text[:-1].strip() if text.endswith("%") else ""
+    if not (number.replace(".", "", 1).isdecimal() and number.isascii()):
+        raise ValueError("expected a percentage, such as 80%")
+    value = float(number)
+    if not 0 < value <= 100:
+        raise ValueError("expected a percentage above 0% and at most 100%")
+    return value / 100
+
+
 # (section, name in the file) -> (Config field, conversion)
 SETTINGS = {
     ("general", "log_file"): ("log_file", _path),
     ("general", "debug"): ("debug", _flag),
     ("general", "syslog"): ("syslog", _flag),
+    ("general", "fill_warning"): ("fill_warning", _percentage),
     ("file", "direct_io"): ("direct_io", _flag),
     ("cow", "directory"): ("cow_directory", _path),
     ("cow", "size"): ("cow_size", _size),

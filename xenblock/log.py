@@ -26,6 +26,9 @@ class Log:
     def info(self, message):
         self._emit(syslog.LOG_INFO, message)
 
+    def warning(self, message):
+        self._emit(syslog.LOG_WARNING, message)
+
     def error(self, message):
         self._emit(syslog.LOG_ERR, message)
 

@@ -1,0 +1,127 @@
+"""How full every live snapshot is, and which ones need a person.
+
+A block-cow or block-snapshot disk is a device-mapper snapshot whose store
+takes the guest's changes. When the store fills up, the kernel invalidates
+the snapshot: the guest gets I/O errors and every change it held is lost.
+A block-snapshot's store is a sparse CoW file, so it can also fail before
+it is full, when its host file system has no room left for the blocks it
+still has to allocate. Nothing warns of either in time but a look at the
+numbers: levels() takes that look for every disk in /run/xenblock, for
+`xenblock check-fill` and whatever else wants the numbers.
+
+Not on the hotplug path: no script imports this.
+"""
+import errno
+import math
+import os
+from collections import namedtuple
+
+from . import dm, sizes
+from .errors import HotplugError
+
+SECTOR = 512
+
+# One live snapshot: the keys, type ("cow", "snapshot"), target and guests
+# (frontend ids) of the records that name it; usage, the kernel's
+# dm.SnapshotUsage of its store, None if the device-mapper device is gone;
+# space, for a CoW file, a Space. Two records name one snapshot while a VM
+# has two domains (a live migration's, a stub domain's: see twin.py).
+Level = namedtuple("Level", "keys type target guests usage space")
+# A CoW file's room to grow: its path, its file system's free space and
+# how much more the file may take up (its size less its allocated blocks),
+# in bytes; or error (why these could not be read) and None for both.
+Space = namedtuple("Space", "path free growth error")
+
+
+def levels(state):
+    """A Level for every snapshot the records in state describe, once each."""
+    found = {}  # by the device's uuid
+    for record in state.records():
+        for step in record["steps"]:
+            if step.get("undo") != "dm":
+                continue
+            level = found.get(step["uuid"])
+            if level is None:
+                found[step["uuid"]] = Level((record["key"],), record["type"], record["target"],
+                                            (record.get("frontend_id"),), _usage(step["uuid"]), _space(record))
+            else:
+                found[step["uuid"]] = level._replace(keys=level.keys + (record["key"],),
+                                                     guests=level.guests + (record.get("frontend_id"),))
+    return list(found.values())
+
+
+def _usage(uuid):
+    try:
+        targets = dm.status(uuid)
+    except dm.DeviceMapperError as e:
+        if e.errno != errno.ENOENT:
+            raise
+        targets = None  # no control node: no device-mapper, so no device either
+    # No snapshot target in a device that exists: its table is not live yet
+    # or any more, which only happens while an add or a remove runs.
+    snapshots = [target for target in targets or () if target.type == "snapshot"]
+    return dm.snapshot_usage(snapshots[0].params) if snapshots else None
+
+
+def _space(record):
+    if record["type"] != "snapshot":
+        return None  # block-cow's store is reserved at add, or sparse by a setting that accepts the risk
+    from .types import snapshot  # only for its target's syntax
+    path = None
+    try:
+        path = snapshot.parse(record["target"]).cow
+        st = os.stat(path)
+        fs = os.statvfs(path)
+    except (HotplugError, OSError) as e:
+        return Space(path, None, None, str(e))
+    # A sparse file's allocated blocks can pass its size (file system
+    # metadata, preallocation): then it grows by nothing.
+    return Space(path, fs.f_bavail * fs.f_frsize, max(st.st_size - st.st_blocks * 512, 0), None)
+
+
+def store_warning(usage, warn_at):
+    """Why a store with usage (a dm.SnapshotUsage, None: gone) needs a
+    person at fill level warn_at (a fraction), or None if it does not."""
+    if usage is None:
+        return None  # no device, no store to fill: a leftover record, or a disk being built or taken down
+    if usage.problem is not None:
+        return (f"the snapshot is dead: the kernel reports it {usage.problem!r} (its store filled up or "
+                "failed): the guest gets I/O errors and the changes it made are lost")
+    if usage.fill >= warn_at:
+        return (f"its store is {percent(usage.fill)} full ({used_text(usage)}), past the warning level "
+                f"{percent(warn_at)}: when it is full, the kernel invalidates the snapshot and the guest's "
+                "changes are lost")
+    return None
+
+
+def space_warning(space):
+    """Why a CoW file's Space needs a person, or None."""
+    if space is None or space.error is not None or space.free >= space.growth:
+        return None
+    return (f"the CoW file {space.path} may grow by {size_text(space.growth)}, its file system has "
+            f"{size_text(space.free)} free: if that runs out, the kernel invalidates the snapshot and the "
+            "guest's changes are lost")
+
+
+def warnings(level, warn_at):
+    """Every reason level needs a person."""
+    return [why for why in (store_warning(level.usage, warn_at), space_warning(level.space)) if why]
+
+
+def percent(fraction):
+    """0.8 as 80%, 0.9058 as 90.5%: rounded down to one decimal, so that a
+    store not quite full never reads 100%."""
+    return f"{math.floor(fraction * 1000 + 1e-9) / 10:g}%"
+
+
+def used_text(usage):
+    return f"{size_text(usage.allocated * SECTOR)} of {size_text(usage.total * SECTOR)}"
+
+
+def size_text(value):
+    """Bytes for a person: to a tenth of the largest unit reached (78.5G;
+    4M, not 4.0M); exact sizes are not what a fill level is about."""
+    for unit in ("T", "G", "M", "K"):
+        if value >= sizes.UNITS[unit]:
+            return f"{value / sizes.UNITS[unit]:.1f}".removesuffix(".0") + unit
+    return str(value)
