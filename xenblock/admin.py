@@ -79,12 +79,12 @@ def _store_columns(usage):
 
 
 def _space_column(space):
-    from . import fill
+    from . import sizes
     if space is None:
         return "-"
     if space.error is not None:
         return f"unknown ({space.error})"
-    return f"{fill.size_text(space.free)} free, may grow {fill.size_text(space.growth)}"
+    return f"{sizes.text(space.free, rounded=True)} free, may grow {sizes.text(space.growth, rounded=True)}"
 
 
 def _state_column(level, warn_at):

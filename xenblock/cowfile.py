@@ -220,10 +220,9 @@ def store_size_for(base_size, chunk_size):
 
 def require_space(directory_fd, needed):
     """An error naming the directory unless its file system has needed bytes
-    free for us (f_bavail: what is left to someone who is not root, so the
-    reserve that keeps the host alive is not counted)."""
-    st = os.fstatvfs(directory_fd)
-    available = st.f_bavail * st.f_frsize
+    free for us (sizes.free_space)."""
+    from .sizes import free_space
+    available = free_space(directory_fd)
     if available < needed:
         raise HotplugError(f"{_directory(directory_fd)}: not enough free space for the CoW file: "
                            f"{needed} bytes needed, {available} available")

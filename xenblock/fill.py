@@ -71,12 +71,12 @@ def _space(record):
     try:
         path = snapshot.parse(record["target"]).cow
         st = os.stat(path)
-        fs = os.statvfs(path)
+        free = sizes.free_space(path)
     except (HotplugError, OSError) as e:
         return Space(path, None, None, str(e))
     # A sparse file's allocated blocks can pass its size (file system
     # metadata, preallocation): then it grows by nothing.
-    return Space(path, fs.f_bavail * fs.f_frsize, max(st.st_size - st.st_blocks * 512, 0), None)
+    return Space(path, free, max(st.st_size - st.st_blocks * 512, 0), None)
 
 
 def store_warning(usage, warn_at):
@@ -98,8 +98,8 @@ def space_warning(space):
     """Why a CoW file's Space needs a person, or None."""
     if space is None or space.error is not None or space.free >= space.growth:
         return None
-    return (f"the CoW file {space.path} may grow by {size_text(space.growth)}, its file system has "
-            f"{size_text(space.free)} free: if that runs out, the kernel invalidates the snapshot and the "
+    return (f"the CoW file {space.path} may grow by {_rounded(space.growth)}, its file system has "
+            f"{_rounded(space.free)} free: if that runs out, the kernel invalidates the snapshot and the "
             "guest's changes are lost")
 
 
@@ -115,13 +115,9 @@ def percent(fraction):
 
 
 def used_text(usage):
-    return f"{size_text(usage.allocated * SECTOR)} of {size_text(usage.total * SECTOR)}"
+    return f"{_rounded(usage.allocated * SECTOR)} of {_rounded(usage.total * SECTOR)}"
 
 
-def size_text(value):
-    """Bytes for a person: to a tenth of the largest unit reached (78.5G;
-    4M, not 4.0M); exact sizes are not what a fill level is about."""
-    for unit in ("T", "G", "M", "K"):
-        if value >= sizes.UNITS[unit]:
-            return f"{value / sizes.UNITS[unit]:.1f}".removesuffix(".0") + unit
-    return str(value)
+def _rounded(value):
+    return sizes.text(value, rounded=True)
+

@@ -1,6 +1,8 @@
 """Sizes as people write them in targets and the config: a bare number is
 MiB (what Xen's old cow: syntax meant), K, M, G and T suffixes are binary
-multiples (KiB, ..., TiB; "KiB" and "KB" are read the same)."""
+multiples (KiB, ..., TiB; "KiB" and "KB" are read the same). Also how
+much room a file system has left for them."""
+import os
 
 MIB = 1 << 20
 UNITS = {"": MIB, "K": 1 << 10, "M": MIB, "G": 1 << 30, "T": 1 << 40}
@@ -27,13 +29,25 @@ def looks_like_size(word):
     return word[:1].isdigit()
 
 
-def text(value):
+def text(value, rounded=False):
     """value in bytes for messages: exact in the largest unit that divides
-    it (4G), else to a tenth of the largest unit it reaches (935.7M)."""
+    it (4G), else to a tenth of the largest unit it reaches (935.7M).
+    rounded: always to a tenth, for amounts that are not what a person
+    asked for, such as a store's use (78.5G; 4M, not 4.0M)."""
     for unit in ("T", "G", "M", "K"):
-        if value % UNITS[unit] == 0:
+        if not rounded and value % UNITS[unit] == 0:
             return f"{value // UNITS[unit]}{unit}"
     for unit in ("T", "G", "M", "K"):
         if value >= UNITS[unit]:
-            return f"{value / UNITS[unit]:.1f}{unit}"
+            tenths = f"{value / UNITS[unit]:.1f}"
+            # Not rounded, 981.0M says that it is not exactly 981M.
+            return (tenths.removesuffix(".0") if rounded else tenths) + unit
     return f"{value} bytes"
+
+
+def free_space(where):
+    """Bytes free on the file system of where (a path, or a descriptor,
+    O_PATH ones too) for a user who is not root (f_bavail): the reserve that
+    keeps the host alive is not for guests' data."""
+    st = os.statvfs(where)
+    return st.f_bavail * st.f_frsize

@@ -92,7 +92,7 @@ def _store(build, size):
     path = build.config.cow_directory
     directory = _directory(path)
     try:
-        free = _free_space(directory)
+        free = sizes.free_space(directory)
         if free < size:
             raise HotplugError(f"{path}: {sizes.text(free)} free, not enough for a {sizes.text(size)} "
                                "copy-on-write store")
@@ -150,8 +150,3 @@ def _directory(path):
             raise HotplugError(f"{path}: the copy-on-write directory is not a directory") from None
         raise HotplugError(f"{path}: cannot use as the copy-on-write directory: {e.strerror}") from None
     return directory
-
-
-def _free_space(directory):
-    st = os.statvfs(f"/proc/self/fd/{directory}")
-    return st.f_bavail * st.f_frsize

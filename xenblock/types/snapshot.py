@@ -211,8 +211,7 @@ def _new_size(base_size, spec, config):
 def _check_space(spec, growth):
     """See the module's doc: refused about full, a warning below growth."""
     growth = max(growth, 0)
-    st = os.fstatvfs(spec.directory)
-    free = st.f_bavail * st.f_frsize
+    free = sizes.free_space(spec.directory)
     try:
         cowfile.require_space(spec.directory, min(growth, FULL_BELOW))
     except HotplugError as e:
