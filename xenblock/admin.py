@@ -1,6 +1,8 @@
 """The xenblock admin command: `xenblock list` shows what the hotplug scripts
 have built (their records); `xenblock check-fill` how full each snapshot's
-store is, and logs a warning for each one that needs a person."""
+store is, and logs a warning for each one that needs a person;
+`xenblock check-config` and `migrate-config` check and convert the disk=
+entries of xl domU config files."""
 import argparse
 import os
 import sys
@@ -17,7 +19,21 @@ def main(argv=None):
     sub.add_parser("check-fill", help="how full each block-cow and block-snapshot store is; warns (in the "
                                       "hotplug log and syslog, exit status 1) of any past [general] "
                                       "fill_warning, dead, or short of free space")
+    for name, text in (("check-config", "check the disk= entries of xl domU config files as xl reads them; "
+                                        "exit 1 if xl would refuse a file or a disk would fail to start"),
+                       ("migrate-config", "rewrite the disk= entries xl refuses (xend's cow:, lvsnap:, "
+                                          "tap:vmdk: ... prefixes) to the form xl takes, keeping a backup")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("files", nargs="+", metavar="FILE")
+        command.add_argument("--scripts", default=None, metavar="DIR",
+                             help="where xl finds hotplug scripts (default /etc/xen/scripts)")
+        if name == "migrate-config":
+            command.add_argument("--all", action="store_true",
+                                 help="also rewrite the deprecated forms xl still reads (phy:, file:, tap:aio:, "
+                                      "positional parameters)")
     args = parser.parse_args(argv)
+    if args.command in ("check-config", "migrate-config"):
+        return config_files(args)  # a domU config is not ours: our own settings do not matter here
     try:
         config = config_module.load(os.environ)  # a mistake in it fails every add: say so here too
     except HotplugError as e:
@@ -100,6 +116,44 @@ def _state_column(level, warn_at):
     if fill.space_warning(level.space):
         states.append("WARNING: file system short of space")
     return ", ".join(states)
+
+
+
+def config_files(args):
+    from . import configcheck
+    script_dir = args.scripts or configcheck.SCRIPT_DIR
+    if args.command == "migrate-config":
+        for path in args.files:
+            _migrate(path, args.all, script_dir)
+    findings = [finding for path in args.files for finding in configcheck.check_file(path, script_dir)]
+    for finding in findings:
+        print(_finding_text(finding))
+    if not findings:
+        print("no problems found", file=sys.stderr)
+    return 1 if any(finding.severity != "deprecated" for finding in findings) else 0
+
+
+def _migrate(path, everything, script_dir):
+    from . import configcheck
+    try:
+        backup, changes = configcheck.migrate_file(path, everything, script_dir)
+    except OSError as e:
+        print(f"{path}: cannot rewrite: {e.strerror}", file=sys.stderr)
+        return
+    for line, old, new in changes:
+        print(f"{path}:{line}: rewritten {old!r} -> {new!r}")
+    if backup is not None:
+        print(f"{path}: the original is kept as {backup}")
+
+
+def _finding_text(finding):
+    from .errors import one_line
+    where = f"{finding.path}:{finding.line}" if finding.line else finding.path
+    entry = f" {one_line(repr(finding.spec))}:" if finding.spec is not None else ""
+    text = f"{where}: {finding.severity}:{entry} {one_line(finding.message)}"
+    if finding.replacement is not None:
+        text += f"; xl form: {one_line(repr(finding.replacement))}"
+    return text
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ Each module offers the same lifecycle:
   attach(spec, uses, request, build) -> Device
                                  build the device, recording every kernel
                                  object through build before it exists
+  named_paths(spec) -> [path, ...]
+                                 what must exist for an add to work, for
+                                 `xenblock check-config` (optional)
 Teardown is generic: it undoes the record (see xenblock.build).
 """
 from . import cow, file, part, snapshot

@@ -59,6 +59,10 @@ def parse(target):
     return Spec(path, size)
 
 
+def named_paths(spec):
+    return [spec.path]
+
+
 def check(spec, request, config, opened):
     size = spec.size or config.cow_size
     if request.writable and size > config.cow_max_size:

@@ -15,6 +15,10 @@ def parse(target):
     return path
 
 
+def named_paths(path):
+    return [path]
+
+
 def check(path, request, config, opened):
     return [Use(opened.enter_context(resolve(path, request.writable)), request.writable)]
 

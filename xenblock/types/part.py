@@ -61,6 +61,10 @@ def parse(target):
     return Spec(path, int(digits))
 
 
+def named_paths(spec):
+    return [spec.path]
+
+
 def check(spec, request, config, opened):
     source = opened.enter_context(resolve(spec.path, request.writable))
     size = _image_size(source)

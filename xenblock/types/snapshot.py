@@ -103,6 +103,11 @@ def parse(target):
     return Spec(base, cow)
 
 
+def named_paths(spec):
+    """The base, and the CoW file's directory (the file itself is made if missing)."""
+    return [spec.base, os.path.dirname(spec.cow)]
+
+
 def check(spec, request, config, opened):
     if not request.writable:
         raise HotplugError(f"{spec.cow}: block-snapshot disks are read-write (access=w); for a read-only disk "
