@@ -16,6 +16,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="xenblock", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="disks xenblock has built, from /run/xenblock")
+    sub.add_parser("config", help="the settings in force and where each comes from (the config file's line, "
+                                  "the environment, or the default)")
     sub.add_parser("check-fill", help="how full each block-cow and block-snapshot store is; warns (in the "
                                       "hotplug log and syslog, exit status 1) of any past [general] "
                                       "fill_warning, dead, or short of free space")
@@ -34,6 +36,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command in ("check-config", "migrate-config"):
         return config_files(args)  # a domU config is not ours: our own settings do not matter here
+    if args.command == "config":
+        return show_config(os.environ)
     try:
         config = config_module.load(os.environ)  # a mistake in it fails every add: say so here too
     except HotplugError as e:
@@ -45,6 +49,24 @@ def main(argv=None):
         from .log import Log
         return check_fill(StateDir(), config, Log(config, "xenblock"))
     return 2
+
+
+def show_config(environ):
+    """Every setting as the file would say it, with where it comes from;
+    the mistakes on stderr and exit 1 if the file has any (a mistake fails
+    every add)."""
+    rows, mistakes = config_module.explained(environ)
+    path = environ.get("XENBLOCK_CONFIG", config_module.DEFAULT_PATH)
+    print(f"# {path}{'' if os.path.exists(path) else ' (missing: every setting is its default)'}")
+    section = None
+    for row_section, name, value, origin in rows:
+        if row_section != section:
+            print(f"[{row_section}]")
+            section = row_section
+        print(f"{name} = {value}".ljust(40) + f"  # {origin}")
+    for mistake in mistakes:
+        print(f"xenblock: {mistake}", file=sys.stderr)
+    return 1 if mistakes else 0
 
 
 def list_records(state):

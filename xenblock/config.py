@@ -91,27 +91,58 @@ def load(environ):
 def load_all(environ):
     """(the settings with every mistaken line left out, [ConfigError, ...]):
     for a teardown, which must go on with what it can."""
-    path = environ.get("XENBLOCK_CONFIG", DEFAULT_PATH)
-    values, mistakes = _read(path)
-    if "XENBLOCK_DEBUG" in environ:
-        try:
-            values["debug"] = _converted(_flag, environ["XENBLOCK_DEBUG"], "XENBLOCK_DEBUG in the environment")
-        except ConfigError as e:
-            mistakes.append(e)
+    values, mistakes, _ = _values(environ)
     return Config(**values), mistakes
 
 
+def explained(environ):
+    """[(section, name, value as the file would say it, where it came from)]
+    for every setting, and the mistakes: what `xenblock config` prints."""
+    values, mistakes, origins = _values(environ)
+    config = Config(**values)
+    rows = [(section, name, _text(getattr(config, field)), origins.get(field, "default"))
+            for (section, name), (field, _) in SETTINGS.items()]
+    return rows, mistakes
+
+
+def _text(value):
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value * 100:g}%"
+    if isinstance(value, int):
+        from . import sizes
+        return sizes.text(value)
+    return value
+
+
+def _values(environ):
+    """(settings by Config field, [ConfigError, ...], where each came from)."""
+    path = environ.get("XENBLOCK_CONFIG", DEFAULT_PATH)
+    values, mistakes, origins = _read(path)
+    if "XENBLOCK_DEBUG" in environ:
+        where = "XENBLOCK_DEBUG in the environment"
+        try:
+            values["debug"] = _converted(_flag, environ["XENBLOCK_DEBUG"], where)
+            origins["debug"] = where
+        except ConfigError as e:
+            mistakes.append(e)
+    return values, mistakes, origins
+
+
 def _read(path):
-    """(the settings path gives, by Config field, [ConfigError, ...]); no
-    settings if there is no file."""
+    """(the settings path gives, by Config field, [ConfigError, ...], the
+    line each came from); no settings if there is no file."""
     try:
         with open(path) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        return {}, []
+        return {}, [], {}
     except OSError as e:
-        return {}, [ConfigError(f"{path}: cannot read: {e.strerror}")]
-    values, mistakes, section = {}, [], None
+        return {}, [ConfigError(f"{path}: cannot read: {e.strerror}")], {}
+    values, mistakes, origins, section = {}, [], {}, None
     for number, line in enumerate(lines, 1):
         line, where = line.strip(), f"{path} line {number}"
         if line.startswith("[") and line.endswith("]"):
@@ -120,16 +151,20 @@ def _read(path):
                 mistakes.append(ConfigError(f"{where}: unknown section [{section}]"))
             continue
         try:
-            _setting(line, where, section, values)
+            field = _setting(line, where, section, values)
         except ConfigError as e:
             mistakes.append(e)
-    return values, mistakes
+            continue
+        if field is not None:
+            origins[field] = where
+    return values, mistakes, origins
 
 
 def _setting(line, where, section, values):
-    """Read one line (a setting, a comment or nothing) into values."""
+    """Read one line (a setting, a comment or nothing) into values; the
+    field it set, if any."""
     if not line or line.startswith(("#", ";")):
-        return
+        return None
     name, equals, value = (part.strip() for part in line.partition("="))
     if not equals or section is None:
         raise ConfigError(f"{where}: expected `name = value` under a [section], not {line!r}")
@@ -140,6 +175,7 @@ def _setting(line, where, section, values):
         raise ConfigError(f"{where}: unknown setting {name!r} in [{section}]")
     field, convert = SETTINGS[section, name]
     values[field] = _converted(convert, value, where)
+    return field
 
 
 def _converted(convert, text, where):
