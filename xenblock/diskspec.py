@@ -17,7 +17,6 @@ skipped. xend ran /etc/xen/scripts/block-<prefix> for any other prefix
 names the script.
 """
 import re
-from collections import namedtuple
 
 # Keyword parameters that set a string ("respecified" if set twice).
 STRINGS = {"vdev": "vdev", "script": "script", "backend": "backend", "colo-host": "colo-host",

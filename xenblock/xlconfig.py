@@ -122,7 +122,8 @@ def _statement(tokens):
         raise Problem(first.line, f"syntax error near `{first.text.strip()}'")
     op = tokens.expect("=", "+=").text
     value = _value(tokens)
-    tokens.expect("newline", ";")
+    if tokens.peek() is not None:  # the end of the file ends a setting too
+        tokens.expect("newline", ";")
     return Setting(first.text, op, value, first.line)
 
 
