@@ -47,8 +47,8 @@ DISKS = {"a": "block-file", "b": "block-cow"}  # the guest's xvda and xvdb
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=5, help="throughput rounds in the guest")
-    parser.add_argument("--mib", type=int, default=64, help="MiB per dd")
+    parser.add_argument("--rounds", type=int, default=9, help="throughput rounds in the guest")
+    parser.add_argument("--mib", type=int, default=32, help="MiB per dd (9 rounds of 64 fill the 1 GiB tmpfs)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     client = pyxs.Client(unix_socket_path="/run/xenstored/socket")
