@@ -1,5 +1,5 @@
-"""The xenblock admin command: `xenblock list` shows what the hotplug scripts
-have built (their records); `xenblock check-fill` how full each snapshot's
+"""The xenblock admin command: `xenblock status` shows what the hotplug
+scripts have built, checked against the kernel and xenstore; `xenblock check-fill` how full each snapshot's
 store is, and logs a warning for each one that needs a person;
 `xenblock check-config` and `migrate-config` check and convert the disk=
 entries of xl domU config files."""
@@ -15,7 +15,9 @@ from .state import StateDir
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="xenblock", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="disks xenblock has built, from /run/xenblock")
+    status = sub.add_parser("status", help="every disk xenblock has built and is live, checked against the "
+                                           "kernel and xenstore; exit 1 where they disagree")
+    status.add_argument("--json", action="store_true", help="one JSON list, for scripts and monitoring")
     sub.add_parser("config", help="the settings in force and where each comes from (the config file's line, "
                                   "the environment, or the default)")
     sub.add_parser("check-fill", help="how full each block-cow and block-snapshot store is; warns (in the "
@@ -43,8 +45,8 @@ def main(argv=None):
     except HotplugError as e:
         print(f"xenblock: {e}", file=sys.stderr)
         return 1
-    if args.command == "list":
-        return list_records(StateDir())
+    if args.command == "status":
+        return show_status(StateDir(), config, args.json)
     if args.command == "check-fill":
         from .log import Log
         return check_fill(StateDir(), config, Log(config, "xenblock"))
@@ -69,15 +71,44 @@ def show_config(environ):
     return 1 if mistakes else 0
 
 
-def list_records(state):
-    records = state.records()
-    for record in records:
-        devices = ", ".join(step.get("node", "?") for step in record["steps"]) or "-"
-        print(f"{record['key']}\t{record['type']}\t{record['mode']}\t{record['state']}\t"
-              f"{devices}\t{record['target']}")
-    if not records:
+def show_status(state, config, as_json=False):
+    """A table (or JSON) of every disk; 1 if anything disagrees, else 0."""
+    from . import status, xenstore
+    try:
+        with xenstore.XenStore(os.environ) as xs:
+            rows = status.rows(state, xs)
+    except ConnectionError as e:
+        print(f"xenblock: cannot reach xenstore: {e}", file=sys.stderr)
+        return 1
+    if as_json:
+        import json
+        print(json.dumps([status.as_json(row, config.fill_warning) for row in rows], indent=1))
+    elif rows:
+        _print_table([("DISK", "GUEST", "VDEV", "SCRIPT", "TARGET", "DEVICES", "ACCESS", "FILL")] +
+                     [_status_cells(row, config.fill_warning) for row in rows],
+                     notes=[[]] + [row.problems for row in rows])
+    else:
         print("no disks", file=sys.stderr)
-    return 0
+    return 1 if any(row.problems for row in rows) else 0
+
+
+def _status_cells(row, warn_at):
+    from .status import fill_text
+    guest = f"{row.guest or '?'} ({row.domid})" if row.domid is not None else "-"
+    return (row.key or "(no record)", guest, row.vdev or "-", row.script or "-", row.target or "-",
+            ", ".join(row.devices) or "-", row.access or "-", fill_text(row.fill, warn_at))
+
+
+def _print_table(rows, notes=None):
+    """rows as aligned columns; each row's notes on lines of their own under it."""
+    from .errors import one_line
+    notes = notes or [[] for _ in rows]
+    widths = [max(len(one_line(str(row[i]))) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row, row_notes in zip(rows, notes):
+        print("  ".join(one_line(str(cell)).ljust(width) for cell, width in zip(row, widths)) + "  " +
+              one_line(str(row[-1])))
+        for note in row_notes:
+            print(f"    ! {one_line(note)}")
 
 
 def check_fill(state, config, log):
@@ -103,9 +134,7 @@ def check_fill(state, config, log):
         warned = warned or bool(reasons)
         rows.append((",".join(level.keys), level.type, ",".join(map(str, level.guests)), *_store_columns(level.usage),
                      _space_column(level.space), _state_column(level, config.fill_warning)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    _print_table(rows)
     return 1 if warned else 0
 
 

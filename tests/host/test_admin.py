@@ -1,17 +1,63 @@
+import json
+import os
 import subprocess
 import sys
 
-from xenblock.state import StateDir
 
 
-def test_xenblock_list_shows_each_record(tmp_path, capsys):
-    state = StateDir(str(tmp_path / "run"))
-    state.save({"key": "backend/vbd/3/51712", "type": "file", "mode": "w", "state": "connected",
-                "target": "/srv/web.img", "steps": [{"undo": "loop", "node": "/dev/loop3"}]})
-    from xenblock import admin
-    assert admin.list_records(state) == 0
-    out = capsys.readouterr().out
-    assert out == "backend/vbd/3/51712\tfile\tw\tconnected\t/dev/loop3\t/srv/web.img\n"
+def status(driver, *args):
+    return subprocess.run([sys.executable, "-m", "xenblock.admin", "status", *args], capture_output=True,
+                          text=True, env=driver.env)
+
+
+def test_xenblock_status_shows_each_disk_and_what_disagrees_with_the_kernel_and_xenstore(driver, images):
+    path = images("status.img")
+    key = driver.backend(path, frontend_id=7)
+    driver.write("/local/domain/7/name", "web")
+    driver.write(f"{key}/dev", "xvda")
+    assert driver.add(key).returncode == 0
+    node = driver.read(f"{key}/physical-device-path")
+    shown = status(driver)
+    assert shown.returncode == 0, shown
+    header, row = shown.stdout.splitlines()
+    assert header.split() == ["DISK", "GUEST", "VDEV", "SCRIPT", "TARGET", "DEVICES", "ACCESS", "FILL"]
+    assert row.split()[:6] == [key, "web", "(7)", "xvda", "block-file", path]
+    assert f"{node} (" in row and row.split()[-2:] == ["w", "-"]
+
+    as_json = json.loads(status(driver, "--json").stdout)
+    assert [(d["key"], d["guest"], d["domid"], d["vdev"], d["script"], d["access"], d["problems"])
+            for d in as_json] == [(key, "web", 7, "xvda", "block-file", "w", [])]
+
+    # A marker of ours with no record, and the backend gone without a remove.
+    stray = os.path.join(driver.state_dir, "udev", "loop999")
+    with open(stray, "w") as f:
+        f.write("xenblock:lost\n")
+    driver.delete(key)
+    try:
+        shown = status(driver)
+    finally:
+        os.unlink(stray)
+    assert shown.returncode == 1
+    lines = shown.stdout.splitlines()
+    assert lines[1].startswith(key) and "its backend is gone from xenstore" in lines[2]
+    assert lines[3].startswith("(no record)") and "/dev/loop999" in lines[3]
+    assert "no record names" in lines[4]
+    assert driver.remove(key).returncode == 0
+    assert status(driver).stderr == "no disks\n"
+
+
+def test_xenblock_status_says_when_a_device_is_gone(driver, images):
+    key = driver.backend(images("gone.img"))
+    assert driver.add(key).returncode == 0
+    record = driver.record(key)
+    record["steps"][0]["diskseq"] += 1000  # the number now names another disk than the one made
+    driver.save_record(record)
+    shown = status(driver)
+    assert shown.returncode == 1 and f"{record['steps'][0]['node']} is gone" in shown.stdout
+    record["steps"][0]["diskseq"] -= 1000
+    driver.save_record(record)
+    assert status(driver).returncode == 0
+    assert driver.remove(key).returncode == 0
 
 
 def test_xenblock_without_a_subcommand_explains_itself():
@@ -23,7 +69,7 @@ def test_xenblock_without_a_subcommand_explains_itself():
 def test_xenblock_names_a_mistake_in_its_config_file(tmp_path):
     config = tmp_path / "x.conf"
     config.write_text("[general]\nlog_file = relative\n")
-    result = subprocess.run([sys.executable, "-m", "xenblock.admin", "list"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "xenblock.admin", "status"], capture_output=True, text=True,
                             env={"XENBLOCK_CONFIG": str(config), "PYTHONPATH": "."})
     assert result.returncode == 1
     assert result.stderr == f"xenblock: {config} line 2: 'relative': expected an absolute path\n"

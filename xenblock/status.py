@@ -1,0 +1,106 @@
+"""`xenblock status`: every disk xenblock has built, checked against the
+kernel and xenstore.
+
+The records under /run/xenblock say what was built; the kernel says what
+still exists, and xenstore whether the guest and its backend still do. Where
+they disagree the row says so: a record whose device is gone, a record whose
+backend is gone from xenstore (a guest destroyed while its remove did not
+run or failed: `xenblock cleanup` takes it down), and a device of ours that
+no record names (a loop device with our marker, a device-mapper device with
+our UUID prefix).
+"""
+import os
+from collections import namedtuple
+
+from . import dm, fill
+from .blockdev import Devnum, diskseq, listdir
+
+# One disk: its backend path (key), guest name and domid, vdev, script,
+# target, devices ([node (devnum)]), access (r/w), fill (a Level or None)
+# and problems ([text]).
+Row = namedtuple("Row", "key guest domid vdev script target devices access fill problems")
+
+
+def rows(state, xs):
+    """A Row for each record, then one for each device of ours no record
+    names (key None)."""
+    levels = {key: level for level in fill.levels(state) for key in level.keys}
+    records = state.records()
+    found = [_row(record, xs, levels.get(record["key"])) for record in records]
+    return found + [_stray(node) for node in _unrecorded(state, records)]
+
+
+def _row(record, xs, level):
+    key, domid = record["key"], record.get("frontend_id")
+    guest = xs.read(f"/local/domain/{domid}/name") if domid is not None else None
+    problems = []
+    if record.get("state") != "connected":
+        problems.append(f"record {record.get('state', 'unknown')}: an add is building it, or was killed")
+    if xs.read(f"{key}/frontend-id") is None:
+        problems.append("its backend is gone from xenstore (the guest went and its remove did not run or "
+                        "failed): `xenblock cleanup` takes it down")
+    devices = []
+    for step in record["steps"]:
+        if "node" not in step:
+            continue
+        devices.append(f"{step['node']} ({step['devnum']})" if "devnum" in step else step["node"])
+        if not _exists(step):
+            problems.append(f"{step['node']} is gone")
+    if level is not None and level.usage is None and not any("is gone" in p for p in problems):
+        problems.append("no snapshot in its device-mapper device")
+    return Row(key, guest, domid, xs.read(f"{key}/dev"), f"block-{record['type']}", record["target"], devices,
+               "w" if "w" in record.get("mode", "r") else "r", level, problems)
+
+
+def _exists(step):
+    """Whether the kernel object a step names is still the one it made."""
+    if step.get("undo") == "dm":
+        return dm.info(step["uuid"]) is not None
+    if "devnum" not in step:
+        return True  # a step of a kind with no device of its own
+    devnum = Devnum.parse(step["devnum"])
+    if not os.path.exists(devnum.sysfs()):
+        return False
+    return step.get("diskseq") is None or diskseq(devnum) == step["diskseq"]
+
+
+def _unrecorded(state, records):
+    """Nodes of devices of ours that no record names."""
+    named = {step.get("node") for record in records for step in record["steps"]}
+    uuids = {step.get("uuid") for record in records for step in record["steps"]}
+    loops = [f"/dev/{name}" for name in listdir(state.marker_dir) if f"/dev/{name}" not in named]
+    ours = [device for device in _dm_devices() if device.uuid.startswith(dm.UUID_PREFIX)]
+    return sorted(loops) + [f"/dev/mapper/{device.name}" for device in ours if device.uuid not in uuids]
+
+
+def _dm_devices():
+    try:
+        return dm.list_devices()
+    except dm.DeviceMapperError:
+        return []  # no device-mapper in this kernel: none of ours either
+
+
+def _stray(node):
+    return Row(None, None, None, None, None, None, [node], None, None,
+               ["a device of xenblock's that no record names (a record lost with /run, or a run killed "
+                "between making it and recording it)"])
+
+
+def as_json(row, warn_at):
+    data = row._asdict()
+    data["fill"] = None if row.fill is None or row.fill.usage is None else {
+        "used": fill.used_text(row.fill.usage), "percent": fill.percent(row.fill.usage.fill)
+        if row.fill.usage.problem is None else None, "warning": fill.warnings(row.fill, warn_at)}
+    return data
+
+
+def fill_text(level, warn_at):
+    """The FILL column: the level, marked when it needs a person."""
+    if level is None:
+        return "-"
+    if level.usage is None:
+        return "?"
+    if level.usage.problem is not None:
+        return f"DEAD ({level.usage.problem})"
+    text = fill.percent(level.usage.fill)
+    return f"{text} !" if fill.warnings(level, warn_at) else text
