@@ -18,6 +18,9 @@ def main(argv=None):
     status = sub.add_parser("status", help="every disk xenblock has built and is live, checked against the "
                                            "kernel and xenstore; exit 1 where they disagree")
     status.add_argument("--json", action="store_true", help="one JSON list, for scripts and monitoring")
+    cleanup = sub.add_parser("cleanup", help="take down what lost or failed removes left: records whose backend "
+                                             "is gone, and devices of xenblock's that no record names")
+    cleanup.add_argument("--dry-run", action="store_true", help="list them, touch nothing")
     sub.add_parser("config", help="the settings in force and where each comes from (the config file's line, "
                                   "the environment, or the default)")
     sub.add_parser("check-fill", help="how full each block-cow and block-snapshot store is; warns (in the "
@@ -47,6 +50,8 @@ def main(argv=None):
         return 1
     if args.command == "status":
         return show_status(StateDir(), config, args.json)
+    if args.command == "cleanup":
+        return clean_up(StateDir(), args.dry_run)
     if args.command == "check-fill":
         from .log import Log
         return check_fill(StateDir(), config, Log(config, "xenblock"))
@@ -90,6 +95,23 @@ def show_status(state, config, as_json=False):
     else:
         print("no disks", file=sys.stderr)
     return 1 if any(row.problems for row in rows) else 0
+
+
+def clean_up(state, dry_run):
+    """One line per leftover; 1 if any had to be left, else 0."""
+    from . import cleanup, xenstore
+    try:
+        with xenstore.XenStore(os.environ) as xs:
+            actions = cleanup.run(state, xs, dry_run)
+    except ConnectionError as e:
+        print(f"xenblock: cannot reach xenstore: {e}", file=sys.stderr)
+        return 1
+    for action in actions:
+        verb = {None: "would take down", True: "took down", False: "left"}[action.done]
+        print(f"{verb} {action.what}" + (f": {action.why}" if action.why else ""))
+    if not actions:
+        print("nothing to clean up", file=sys.stderr)
+    return 1 if any(action.done is False for action in actions) else 0
 
 
 def _status_cells(row, warn_at):

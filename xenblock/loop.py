@@ -37,6 +37,8 @@ LOOP_INFO64 = struct.Struct("=5Q4I64s64s32s2Q")
 # struct loop_config: fd, block_size, loop_info64, 8 reserved u64
 LOOP_CONFIG = struct.Struct(f"=2I{LOOP_INFO64.size}s8Q")
 NAME_SIZE = 64
+# Every mark of ours starts so (lo_file_name): what `xenblock cleanup` trusts.
+MARK_PREFIX = "xenblock:"
 
 # A guest's partition table assumes 512-byte sectors; left at 0 the kernel
 # would copy a 4K drive's block size whenever the backing file is O_DIRECT.
@@ -67,17 +69,17 @@ class Status(namedtuple("Status", "backing_dev backing_ino offset size_limit rea
 
 def mark_for(key):
     """The lo_file_name that says "xenblock's, for this backend"."""
-    mark = f"xenblock:{key}"
+    mark = f"{MARK_PREFIX}{key}"
     if len(mark) < NAME_SIZE:
         return mark
     import hashlib  # only for unusually long keys: keep the common path lean
-    return "xenblock:#" + hashlib.sha256(key.encode()).hexdigest()[:40]
+    return f"{MARK_PREFIX}#" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 def shared_mark(image_id):
     """The mark of the one read-only loop device of a base image that every
     disk built on the base shares (see find_shared)."""
-    return f"xenblock:base:{image_id}"[: NAME_SIZE - 1]
+    return f"{MARK_PREFIX}base:{image_id}"[: NAME_SIZE - 1]
 
 
 def find_shared(st, mark):

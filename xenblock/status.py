@@ -13,7 +13,7 @@ import os
 from collections import namedtuple
 
 from . import dm, fill
-from .blockdev import Devnum, diskseq, listdir
+from .blockdev import Devnum, diskseq
 
 # One disk: its backend path (key), guest name and domid, vdev, script,
 # target, devices ([node (devnum)]), access (r/w), fill (a Level or None)
@@ -24,10 +24,12 @@ Row = namedtuple("Row", "key guest domid vdev script target devices access fill 
 def rows(state, xs):
     """A Row for each record, then one for each device of ours no record
     names (key None)."""
+    from .cleanup import unrecorded
+    records, devices, loops = unrecorded(state)
     levels = {key: level for level in fill.levels(state) for key in level.keys}
-    records = state.records()
     found = [_row(record, xs, levels.get(record["key"])) for record in records]
-    return found + [_stray(node) for node in _unrecorded(state, records)]
+    strays = [f"{dm.node(device.devnum)} ({device.name})" for device in devices]
+    return found + [_stray(node) for node in strays + [f"{node} ({mark})" for node, _, mark in loops]]
 
 
 def _row(record, xs, level):
@@ -62,22 +64,6 @@ def _exists(step):
     if not os.path.exists(devnum.sysfs()):
         return False
     return step.get("diskseq") is None or diskseq(devnum) == step["diskseq"]
-
-
-def _unrecorded(state, records):
-    """Nodes of devices of ours that no record names."""
-    named = {step.get("node") for record in records for step in record["steps"]}
-    uuids = {step.get("uuid") for record in records for step in record["steps"]}
-    loops = [f"/dev/{name}" for name in listdir(state.marker_dir) if f"/dev/{name}" not in named]
-    ours = [device for device in _dm_devices() if device.uuid.startswith(dm.UUID_PREFIX)]
-    return sorted(loops) + [f"/dev/mapper/{device.name}" for device in ours if device.uuid not in uuids]
-
-
-def _dm_devices():
-    try:
-        return dm.list_devices()
-    except dm.DeviceMapperError:
-        return []  # no device-mapper in this kernel: none of ours either
 
 
 def _stray(node):

@@ -1,7 +1,13 @@
+import contextlib
 import json
 import os
 import subprocess
 import sys
+
+from tests.support.cases import loops_of
+from tests.support.fixtures import foreign_loop
+from xenblock import loop
+from xenblock.deadline import Deadline
 
 
 
@@ -28,22 +34,73 @@ def test_xenblock_status_shows_each_disk_and_what_disagrees_with_the_kernel_and_
     assert [(d["key"], d["guest"], d["domid"], d["vdev"], d["script"], d["access"], d["problems"])
             for d in as_json] == [(key, "web", 7, "xvda", "block-file", "w", [])]
 
-    # A marker of ours with no record, and the backend gone without a remove.
-    stray = os.path.join(driver.state_dir, "udev", "loop999")
-    with open(stray, "w") as f:
-        f.write("xenblock:lost\n")
-    driver.delete(key)
-    try:
+    # A loop device of ours that no record names, and the backend gone without a remove.
+    with stray_loop(images("stray.img")) as stray:
+        driver.delete(key)
         shown = status(driver)
-    finally:
-        os.unlink(stray)
     assert shown.returncode == 1
     lines = shown.stdout.splitlines()
     assert lines[1].startswith(key) and "its backend is gone from xenstore" in lines[2]
-    assert lines[3].startswith("(no record)") and "/dev/loop999" in lines[3]
+    assert lines[3].startswith("(no record)") and f"{stray} (xenblock:lost)" in lines[3]
     assert "no record names" in lines[4]
     assert driver.remove(key).returncode == 0
     assert status(driver).stderr == "no disks\n"
+
+
+@contextlib.contextmanager
+def stray_loop(path, mark="xenblock:lost"):
+    """A loop device with a mark of ours and no record (as after /run was lost)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        bound = loop.attach(fd, False, False, mark, lambda number: None, lambda number: None,
+                            Deadline.after(10))
+    finally:
+        os.close(fd)
+    try:
+        yield bound.node
+    finally:
+        loop.detach(bound.node, bound.diskseq, mark, Deadline.after(10))
+
+
+def cleanup(driver, *args):
+    return subprocess.run([sys.executable, "-m", "xenblock.admin", "cleanup", *args], capture_output=True,
+                          text=True, env=driver.env)
+
+
+def test_xenblock_cleanup_takes_down_only_what_is_provably_ours_and_unused(driver, images):
+    orphan_image, stray_image, held_image, user_image = (images(name) for name in ("orphan.img", "stray.img",
+                                                                                  "held.img", "user.img"))
+    orphan = driver.backend(orphan_image)
+    live = driver.backend(images("live.img"))
+    assert driver.add(orphan).returncode == 0 and driver.add(live).returncode == 0
+    orphan_node = driver.read(f"{orphan}/physical-device-path")
+    driver.delete(orphan)  # the guest went; its remove never ran
+    with stray_loop(stray_image) as stray, stray_loop(held_image, "xenblock:held") as held, \
+            foreign_loop(user_image) as users:
+        with open(held, "rb") as holder_device:
+            holder = subprocess.Popen(["sleep", "60"], stdin=holder_device)
+        try:
+            listed = cleanup(driver, "--dry-run")
+            assert listed.returncode == 1  # the held one would be left
+            assert listed.stdout.splitlines() == [
+                f"would take down record {orphan} ({orphan_image}, domain 0): its backend is gone",
+                *sorted([f"would take down loop device {stray} (xenblock:lost), no record names it",
+                         f"left loop device {held} (xenblock:held), no record names it: in use by pid "
+                         f"{holder.pid} (sleep 60)"], key=lambda line: int(line.split("/dev/loop")[1].split()[0]))]
+            assert loops_of(orphan_image) and loops_of(stray_image)  # a dry run touches nothing
+            done = cleanup(driver)
+            assert f"took down record {orphan}" in done.stdout
+            assert f"took down loop device {stray} (xenblock:lost)" in done.stdout
+            assert f"left loop device {held} (xenblock:held)" in done.stdout and done.returncode == 1
+            assert loops_of(orphan_image) == [] and loops_of(stray_image) == [] and driver.record(orphan) is None
+            assert loops_of(held_image) == [held] and loops_of(user_image) == [users]
+            assert driver.read(f"{live}/physical-device-path") in loops_of(driver.read(f"{live}/params"))
+        finally:
+            holder.kill()
+            holder.wait()
+    assert orphan_node not in loops_of(orphan_image)
+    assert cleanup(driver).stderr == "nothing to clean up\n"
+    assert driver.remove(live).returncode == 0
 
 
 def test_xenblock_status_says_when_a_device_is_gone(driver, images):

@@ -1,0 +1,56 @@
+"""xenblock cleanup in dom0 of the real host: leftovers made on purpose
+(a backend gone without remove, a record lost, an add killed half-way) are
+taken down; a user's own loop and device-mapper devices next to them, one
+named like ours, are left alone."""
+import os
+import subprocess
+
+from tests.support.cases import loops_of
+from tests.support.fixtures import foreign_loop
+from xenblock import dm
+
+XENBLOCK = os.path.join(os.environ.get("XENBLOCK_VENV", "/nonexistent"), "bin", "xenblock")
+
+
+def cleanup(*args):
+    return subprocess.run([XENBLOCK, "cleanup", *args], capture_output=True, text=True)
+
+
+def ours():
+    return sorted(device.name for device in dm.list_devices() if device.uuid.startswith(dm.UUID_PREFIX))
+
+
+def test_cleanup_takes_down_leftovers_and_leaves_a_users_devices(driver, images):
+    gone_image, lost_base, killed_base, user_image = (images(name) for name in (
+        "gone.img", "lost-base.img", "killed-base.img", "user.img"))
+    gone = driver.backend(gone_image)
+    lost = driver.backend(f"{lost_base} 4M", script="block-cow")
+    killed = driver.backend(f"{killed_base} 4M", script="block-cow")
+    assert driver.add(gone).returncode == 0 and driver.add(lost, script="block-cow").returncode == 0
+    # killed right after its snapshot was made: the record names it, nothing is published
+    run = driver.add(killed, script="block-cow",
+                     wrapper=["strace", "-f", "-o", "/dev/null", "-e", "inject=ioctl:signal=KILL:when=6+"])
+    assert run.returncode != 0
+    driver.delete(gone)
+    driver.delete(killed)
+    os.unlink(driver.record_path(lost))  # as if /run was lost: its devices remain, unnamed
+    with foreign_loop(user_image) as users:
+        subprocess.run(["dmsetup", "create", "xenblock-lookalike", "--uuid", "XENBLOCKX-user",
+                        "--table", f"0 8 linear {users} 0"], check=True)
+        try:
+            listed = cleanup("--dry-run")
+            assert listed.returncode == 0, listed
+            assert f"would take down record {gone}" in listed.stdout
+            assert f"would take down record {killed}" in listed.stdout
+            assert "would take down device-mapper device xenblock-" in listed.stdout
+            assert "lookalike" not in listed.stdout and users not in listed.stdout
+            assert loops_of(gone_image) and loops_of(lost_base)  # nothing touched
+            done = cleanup()
+            assert done.returncode == 0, done
+            assert loops_of(gone_image) == [] and loops_of(lost_base) == [] and loops_of(killed_base) == []
+            assert ours() == [] and driver.record(gone) is None and driver.record(killed) is None
+            assert loops_of(user_image) == [users]
+            assert "xenblock-lookalike" in [device.name for device in dm.list_devices()]
+            assert cleanup().stderr == "nothing to clean up\n"
+        finally:
+            subprocess.run(["dmsetup", "remove", "xenblock-lookalike"], check=True)

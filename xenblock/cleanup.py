@@ -1,0 +1,126 @@
+"""`xenblock cleanup`: what a lost or failed remove left behind, taken down.
+
+Two kinds of leftover, each provably xenblock's:
+  - a record whose backend is gone from xenstore (a guest destroyed while
+    its remove did not run, failed, or was killed): its steps are undone
+    as remove would, under the same lock of the disk that the scripts take,
+    so a script running meanwhile is never raced (its disk is left, and
+    said to be busy);
+  - a device of ours that no record names (the records were lost with
+    /run, or a run was killed in an older version): a loop device whose
+    name field carries our mark (xenblock:...), a device-mapper device whose
+    UUID starts XENBLOCK-. A user's own loop and dm devices carry neither,
+    whatever their names.
+Nothing still in use is touched (a guest's blkback, a dom0 mount, a process,
+a device stacked on it), and nothing a user keeps: undoing a record removes
+only what its add made (never a base image, a CoW file, a kept snapshot).
+
+The kernel is scanned before the records are read: an add saves its record
+before it makes anything, so whatever the scan saw of a running add is
+named by a record read after it.
+"""
+from collections import namedtuple
+
+from . import build, dm, locks, loop
+from .blockdev import diskseq
+from .deadline import Deadline
+from .errors import HotplugError
+
+# What cleanup found: what (for a person), done (None: only listed, True:
+# taken down, False: left, with why).
+Action = namedtuple("Action", "what done why")
+STEP_SECONDS = 30
+
+
+def run(state, xs, dry_run=False):
+    """The Actions taken (or, with dry_run, that would be)."""
+    records, devices, loops = unrecorded(state)
+    actions = [_record(record, state, xs, dry_run) for record in records
+               if xs.read(f"{record['key']}/frontend-id") is None]
+    actions += [_device(device, state, dry_run) for device in devices]
+    actions += [_loop(node, devnum, mark, state, dry_run) for node, devnum, mark in loops]
+    return actions
+
+
+def unrecorded(state):
+    """(the records, the device-mapper devices of ours that none names (as
+    dm.Listed), the loop devices of ours that none names ((node, Devnum,
+    mark))); the kernel scanned first (see the module's doc)."""
+    loops, devices = _our_loops(), _our_dm_devices()
+    records = state.records()
+    named = {(step.get("node"), step.get("diskseq")) for record in records for step in record["steps"]}
+    uuids = {step.get("uuid") for record in records for step in record["steps"]}
+    return (records, [device for device in devices if device.uuid not in uuids],
+            [(node, devnum, mark) for node, devnum, mark in loops
+             if (node, diskseq(devnum)) not in named and (node, None) not in named])
+
+
+def _record(record, state, xs, dry_run):
+    key = record["key"]
+    what = f"record {key} ({record['target']}, domain {record.get('frontend_id')}): its backend is gone"
+    with locks.held_if_free(state.lock_path(key)) as held:
+        if not held:
+            return Action(what, False, "a hotplug script is running for it")
+        current = state.load(key)
+        if current is None or xs.read(f"{key}/frontend-id") is not None:
+            return Action(what, False, "taken down or made again meanwhile")
+        if dry_run:
+            return Action(what, None, None)
+        try:
+            build.teardown(current, state, Deadline.after(STEP_SECONDS))
+        except HotplugError as e:
+            return Action(what, False, str(e))
+    return Action(what, True, None)
+
+
+def _device(device, state, dry_run):
+    what = f"device-mapper device {device.name} ({device.devnum}), no record names it"
+    users = _users(device.devnum)
+    if users:
+        return Action(what, False, f"in use by {users}")
+    if dry_run:
+        return Action(what, None, None)
+    try:
+        build.undo_dm({"uuid": device.uuid, "node": dm.node(device.devnum), "devnum": str(device.devnum)},
+                      state, Deadline.after(STEP_SECONDS))
+    except (HotplugError, dm.DeviceMapperError) as e:
+        return Action(what, False, str(e))
+    return Action(what, True, None)
+
+
+def _loop(node, devnum, mark, state, dry_run):
+    what = f"loop device {node} ({mark}), no record names it"
+    users = _users(devnum)
+    if users:
+        return Action(what, False, f"in use by {users}")
+    if dry_run:
+        return Action(what, None, None)
+    try:
+        build.undo_loop({"undo": "loop", "node": node, "diskseq": diskseq(devnum), "mark": mark}, state,
+                        Deadline.after(STEP_SECONDS))
+    except HotplugError as e:
+        return Action(what, False, str(e))
+    return Action(what, True, None)
+
+
+def _users(devnum):
+    from .sharing import device_users
+    return "; ".join(user.what for user in device_users(devnum, openers=True))
+
+
+def _our_loops():
+    """(node, Devnum, mark) of every bound loop device with our mark."""
+    found = []
+    for node, devnum in loop.bound_loops():
+        info = loop.status(node)
+        if info is not None and info.mark.startswith(loop.MARK_PREFIX) and not info.autoclear:
+            found.append((node, devnum, info.mark))
+    return found
+
+
+def _our_dm_devices():
+    try:
+        return [device for device in dm.list_devices() if device.uuid.startswith(dm.UUID_PREFIX)]
+    except dm.DeviceMapperError:
+        return []  # no device-mapper here: none of ours either
+
