@@ -37,8 +37,11 @@ def run(state, xs, dry_run=False):
     records, devices, loops = unrecorded(state)
     actions = [_record(record, state, xs, dry_run) for record in records
                if xs.read(f"{record['key']}/frontend-id") is None]
-    actions += [_device(device, state, dry_run) for device in devices]
-    actions += [_loop(node, devnum, mark, state, dry_run) for node, devnum, mark in loops]
+    removed = [_device(device, state, dry_run) for device in devices]
+    # A dry run takes nothing down: a loop device under a device-mapper
+    # device it would remove first is not held by that one.
+    going = {f"dm-{device.devnum.minor}" for device, action in zip(devices, removed) if action.done is not False}
+    actions += removed + [_loop(node, devnum, mark, state, dry_run, going) for node, devnum, mark in loops]
     return actions
 
 
@@ -88,9 +91,9 @@ def _device(device, state, dry_run):
     return Action(what, True, None)
 
 
-def _loop(node, devnum, mark, state, dry_run):
+def _loop(node, devnum, mark, state, dry_run, going):
     what = f"loop device {node} ({mark}), no record names it"
-    users = _users(devnum)
+    users = _users(devnum, going)
     if users:
         return Action(what, False, f"in use by {users}")
     if dry_run:
@@ -103,9 +106,11 @@ def _loop(node, devnum, mark, state, dry_run):
     return Action(what, True, None)
 
 
-def _users(devnum):
+def _users(devnum, going=frozenset()):
+    """Who uses devnum, but the stacked devices named in going (dm-N)."""
     from .sharing import device_users
-    return "; ".join(user.what for user in device_users(devnum, openers=True))
+    return "; ".join(user.what for user in device_users(devnum, openers=True)
+                     if user.what.split(",")[0].removeprefix("dom0 device ") not in going)
 
 
 def _our_loops():
