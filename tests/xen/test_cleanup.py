@@ -5,6 +5,7 @@ named like ours, are left alone."""
 import os
 import subprocess
 
+from tests.support import kills
 from tests.support.cases import loops_of
 from tests.support.fixtures import foreign_loop
 from xenblock import dm
@@ -20,17 +21,21 @@ def ours():
     return sorted(device.name for device in dm.list_devices() if device.uuid.startswith(dm.UUID_PREFIX))
 
 
-def test_cleanup_takes_down_leftovers_and_leaves_a_users_devices(driver, images):
+def test_cleanup_takes_down_leftovers_and_leaves_a_users_devices(driver, images, tmp_path):
     gone_image, lost_base, killed_base, user_image = (images(name) for name in (
         "gone.img", "lost-base.img", "killed-base.img", "user.img"))
     gone = driver.backend(gone_image)
     lost = driver.backend(f"{lost_base} 4M", script="block-cow")
     killed = driver.backend(f"{killed_base} 4M", script="block-cow")
     assert driver.add(gone).returncode == 0 and driver.add(lost, script="block-cow").returncode == 0
-    # killed right after its snapshot was made: the record names it, nothing is published
-    run = driver.add(killed, script="block-cow",
-                     wrapper=["strace", "-f", "-o", "/dev/null", "-e", "inject=ioctl:signal=KILL:when=6+"])
-    assert run.returncode != 0
+    # killed as it loads its snapshot's table: the record names the devices, nothing is published
+    disk = kills.Disk("block-cow", f"{killed_base} 4M", killed_base, 0)
+    probe = driver.backend(disk.target, script="block-cow")
+    points = kills.changing_calls(driver, disk, "add", probe, tmp_path)
+    assert driver.remove(probe, script="block-cow").returncode == 0
+    syscall, number, _ = next(point for point in points if "DM_TABLE_LOAD" in point[2])
+    kills.killed(driver, disk, "add", killed, syscall, number)
+    assert driver.record(killed)["steps"]
     driver.delete(gone)
     driver.delete(killed)
     os.unlink(driver.record_path(lost))  # as if /run was lost: its devices remain, unnamed
