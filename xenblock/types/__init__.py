@@ -10,13 +10,17 @@ Each module offers the same lifecycle:
   attach(spec, uses, request, build) -> Device
                                  build the device, recording every kernel
                                  object through build before it exists
+A type may also offer named_after(spec, guest, device), called before
+check with the guest's name and the device's (xvda), for what it names
+after them (block-lvsnap's snapshot).
 Teardown is generic: it undoes the record (see xenblock.build).
 """
-from . import cow, file, part, snapshot
+from . import cow, file, lvsnap, part, snapshot
 
 TYPES = {
     "cow": cow,
     "file": file,
+    "lvsnap": lvsnap,
     "part": part,
     "snapshot": snapshot,
 }
