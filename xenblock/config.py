@@ -65,8 +65,8 @@ def _percentage(text):
 
 
 def _origins(text):
-    """A set of origin LVs, <vg>/<lv> separated by spaces."""
-    words = text.split()
+    """A set of origin LVs, <vg>/<lv> separated by spaces; none: no origin."""
+    words = [] if text.lower() == "none" else text.split()
     wrong = [word for word in words if word.count("/") != 1 or word.startswith("/") or word.endswith("/")]
     if wrong:
         raise ValueError(f"expected origins as <vg>/<lv> separated by spaces, not {wrong[0]!r}")

@@ -31,11 +31,11 @@ SYS_BLOCK = "/sys/block"
 # a real host: lvcreate of a classic snapshot took 4 to 8 s, of a thin one 4 s.
 NEEDS = {"lvs": 3.0, "lvcreate": 12.0, "lvchange": 6.0, "lvremove": 4.0}
 FIELDS = ("vg_name,lv_name,lv_uuid,lv_attr,lv_size,origin,segtype,lv_tags,snap_percent,"
-          "lv_kernel_major,lv_kernel_minor,lv_dm_path,vg_free,vg_extent_size")
+          "lv_kernel_major,lv_kernel_minor,lv_dm_path,vg_free")
 
 
 class Volume(namedtuple("Volume", "vg name uuid attr size origin segtype tags snap_percent devnum path "
-                                  "vg_free extent_size")):
+                                  "vg_free")):
     """One LV as lvs reports it; devnum None when it is not active."""
     __slots__ = ()
 
@@ -171,4 +171,4 @@ def _volume(row):
     return Volume(row["vg_name"], row["lv_name"], row["lv_uuid"], row["lv_attr"], int(row["lv_size"]),
                   row["origin"], row["segtype"], set(filter(None, row["lv_tags"].split(","))),
                   float(percent) if percent else None, Devnum(major, minor) if major >= 0 else None,
-                  row["lv_dm_path"], int(row["vg_free"]), int(row["vg_extent_size"]))
+                  row["lv_dm_path"], int(row["vg_free"]))

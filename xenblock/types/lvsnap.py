@@ -133,9 +133,8 @@ def _check_size(spec):
     if spec.size is None:
         raise HotplugError(f"{where} is a classic (thick) volume: give the snapshot's size after it "
                            f"(target={where} <size>, e.g. 1G), the space its changes may take")
-    extent = origin.extent_size
-    needed = -(-spec.size // extent) * extent
-    if needed > origin.vg_free:
+    # vg_free is whole extents: a size LVM rounds up past it is past it already.
+    if spec.size > origin.vg_free:
         raise HotplugError(f"{where}: a snapshot of {sizes.text(spec.size)} asked for, volume group {spec.vg} "
                            f"has {sizes.text(origin.vg_free)} free")
 
