@@ -165,3 +165,16 @@ def test_a_missing_volume_group_is_named(tmp_path, monkeypatch):
     fake_lvs(tmp_path, monkeypatch, "echo '  Volume group \"vgx\" not found' >&2; exit 5\n")
     with pytest.raises(HotplugError, match="^volume group vgx not found"):
         lvm.volumes("vgx", Deadline.after(10))
+
+
+def test_fill_levels_find_a_classic_snapshot_s_device_by_lvm_s_name(monkeypatch):
+    from xenblock import dm, fill
+    monkeypatch.setattr(fill, "_devices", lambda: [dm.Listed("vg--0-xenblock--g--xvda", "LVM-abc", None),
+                                                   dm.Listed("vg--0-orig", "LVM-def", None)])
+    uuid_of = fill._SnapshotUuids()
+    step = {"undo": "lvsnap", "vg": "vg-0", "lv": "xenblock-g-xvda", "thin": False}
+    assert uuid_of(step) == "LVM-abc"
+    assert uuid_of({**step, "thin": True}) is None  # its pool fills, not it
+    assert uuid_of({**step, "lv": "xenblock-h-xvda"}).startswith("LVM-gone:")
+    assert uuid_of({"undo": "dm", "uuid": "XENBLOCK-x"}) == "XENBLOCK-x"
+    assert uuid_of({"undo": "loop"}) is None

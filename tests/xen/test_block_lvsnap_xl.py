@@ -5,6 +5,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -178,3 +179,23 @@ def test_a_kept_snapshot_is_found_again_with_the_guests_changes(vg, tmp_path, ke
         subprocess.run(["lvremove", *QUIET, "-y", "--select", "lv_tags={xenblock}", vg], capture_output=True)
     assert seen[0][0] != "kept-by-guest" and seen[1][0] == "kept-by-guest", seen
     assert digest(f"/dev/{vg}/orig") == before
+
+
+def test_a_classic_snapshot_s_fill_level_is_read_like_the_cow_types(vg, driver):
+    from xenblock import fill
+    from xenblock.state import StateDir
+    key = driver.backend(f"{vg}/orig 4M", script=SCRIPT)
+    assert driver.add(key, script=SCRIPT).returncode == 0, driver.read(f"{key}/hotplug-error")
+    try:
+        (name,) = [lv for lv in logical_volumes(vg) if lv.startswith("xenblock-")]
+        with open(f"/dev/{vg}/{name}", "r+b") as f:
+            f.write(b"x" * (7 << 19))  # 3.5M
+            os.fsync(f.fileno())
+        (level,) = [level for level in fill.levels(StateDir()) if key in level.keys]
+        assert level.type == "lvsnap" and level.usage.fill >= 0.85, level
+        admin = os.path.join(os.path.dirname(sys.executable), "xenblock")
+        result = subprocess.run([admin, "check-fill"], capture_output=True, text=True)
+        assert result.returncode == 1 and key in result.stdout + result.stderr, result
+    finally:
+        assert driver.remove(key, script=SCRIPT).returncode == 0
+        driver.destroy_backend(key)

@@ -98,12 +98,12 @@ def attach(spec, uses, request, build):
         lvm.remove_ours(vg, found.name, found.uuid, build.deadline)
         found = None
     if found is not None:
-        build.intend("lvsnap", vg=vg, lv=found.name, uuid=found.uuid, keep=True)
+        build.intend("lvsnap", vg=vg, lv=found.name, uuid=found.uuid, keep=True, thin=found.thin)
         if found.devnum is None:
             lvm.activate(found, build.deadline)
         what = "kept"
     else:
-        step = build.intend("lvsnap", vg=vg, lv=spec.name, uuid=None, keep=False)
+        step = build.intend("lvsnap", vg=vg, lv=spec.name, uuid=None, keep=False, thin=spec.origin.thin)
         tags = [lvm.TAG, lvm.BACKEND_TAG + build.record["key"]]
         lvm.create_snapshot(spec.origin, spec.name, None if spec.origin.thin else spec.size, tags, build.deadline)
         found = _volume(vg, spec.name, build.deadline)
