@@ -36,6 +36,8 @@ def vg(tmp_path_factory):
         sh("lvcreate", *QUIET, "-y", "-L", "16M", "-n", "orig", name)
         sh("lvcreate", *QUIET, "-y", "-L", "48M", "-T", f"{name}/pool")
         sh("lvcreate", *QUIET, "-y", "-V", "16M", "-T", f"{name}/pool", "-n", "torig")
+        # A file system on the classic origin: dom0's blkid must not see it in our snapshots.
+        sh("mkfs.ext2", "-q", f"/dev/{name}/orig")
         for lv in ("orig", "torig"):
             with open(f"/dev/{name}/{lv}", "r+b") as f:
                 f.write(MARK)
@@ -116,7 +118,7 @@ def test_leftovers_of_killed_runs_are_recognised_at_the_next_add(vg, driver):
     node = f"/dev/{vg}/{name}"
     subprocess.run(["udevadm", "settle"], check=False)
     properties = sh("udevadm", "info", "--query=property", node)
-    assert "XENBLOCK_GUEST_DISK=1" in properties, properties
+    assert "XENBLOCK_GUEST_DISK=1" in properties and "ID_FS_TYPE" not in properties, properties
     # Killed after lvcreate, before the LV's UUID reached the record.
     record = driver.record(key)
     record["steps"][-1]["uuid"] = None
