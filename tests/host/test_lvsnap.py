@@ -99,6 +99,8 @@ def test_what_an_lv_of_the_snapshot_s_name_may_be():
         ours(volume(lv_attr="swi-aos---"))
     with pytest.raises(HotplugError, match="kept snapshot is invalid .* 100% full"):
         ours(leftover, keep=True)
+    with pytest.raises(HotplugError, match="kept snapshot is invalid"):
+        ours(volume(lv_attr="swi-I-s---", snap_percent=""), keep=True)  # lvs gives no percentage then
     kept = volume(snap_percent="42.00")
     assert ours(kept, keep=True) is kept
 
