@@ -164,7 +164,7 @@ def keep_config(vg):
 
 def test_a_kept_snapshot_is_found_again_with_the_guests_changes(vg, tmp_path, keep_config):
     volumes, before = logical_volumes(vg), digest(f"/dev/{vg}/orig")
-    snippet = ("dd if=/dev/xvda bs=512 skip=64 count=1 2>/dev/null | head -c 12; echo; "
+    snippet = ("dd if=/dev/xvda bs=512 skip=64 count=1 2>/dev/null | head -c 13; echo; "
                "echo kept-by-guest | dd of=/dev/xvda bs=512 seek=64 conv=notrunc,fsync 2>/dev/null")
     name, path = config(tmp_path, [lvsnap(f"{vg}/orig 8M")], snippet)
     seen = []
