@@ -49,14 +49,10 @@ class Spec:
 
 
 def parse(target):
-    text, size = target.strip(), None
-    head, _, tail = text.rpartition(" ")
-    if head and sizes.looks_like_size(tail):
-        text = head.rstrip()
-        try:
-            size = sizes.parse(tail)
-        except ValueError as e:
-            raise HotplugError(f"target {target.strip()!r}: the snapshot's size: {e}") from None
+    try:
+        text, size = sizes.split_trailing(target.strip())
+    except ValueError as e:
+        raise HotplugError(f"target {target.strip()!r}: the snapshot's size: {e}") from None
     vg, slash, lv = text.partition("/")
     if not slash or not NAME.fullmatch(vg) or not NAME.fullmatch(lv):
         raise HotplugError(f"target {target.strip()!r}: expected <vg>/<lv> [<size>], the origin logical "
