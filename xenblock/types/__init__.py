@@ -12,12 +12,13 @@ Each module offers the same lifecycle:
                                  object through build before it exists
 Teardown is generic: it undoes the record (see xenblock.build).
 """
-from . import cow, file, part, snapshot
+from . import cow, file, part, snapshot, tap
 
 TYPES = {
     "cow": cow,
     "file": file,
     "part": part,
     "snapshot": snapshot,
+    "tap": tap,
 }
 
