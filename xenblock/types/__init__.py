@@ -18,7 +18,7 @@ check with the guest's name and the device's (xvda), for what it names
 after them (block-lvsnap's snapshot).
 Teardown is generic: it undoes the record (see xenblock.build).
 """
-from . import cow, file, lvsnap, part, snapshot
+from . import cow, file, lvsnap, part, snapshot, tap
 
 TYPES = {
     "cow": cow,
@@ -26,5 +26,6 @@ TYPES = {
     "lvsnap": lvsnap,
     "part": part,
     "snapshot": snapshot,
+    "tap": tap,
 }
 

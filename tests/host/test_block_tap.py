@@ -1,0 +1,99 @@
+"""block-tap on the host: raw/aio through a loop device (block-file's way),
+and the refusals of the qemu formats, which qemu-img decides before any
+kernel object exists (no nbd module on the host)."""
+import subprocess
+
+import pytest
+
+from tests.support.cases import assert_failed, loops_of
+
+SCRIPT = "block-tap"
+
+
+def qemu_image(path, fmt, *options):
+    subprocess.run(["qemu-img", "create", "-f", fmt, *options, str(path), "16M"], check=True, capture_output=True)
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "aio", "AIO"])
+def test_raw_and_aio_are_served_through_a_loop_device_and_remove_takes_it_down(driver, images, fmt):
+    path = images("tap.img", b"first sector")
+    key = driver.backend(f"{fmt}:{path}", script=SCRIPT)
+    result = driver.add(key, script=SCRIPT)
+    assert result.returncode == 0, result.stderr
+    node = driver.read(f"{key}/physical-device-path")
+    with open(f"/sys/block/{node.removeprefix('/dev/')}/loop/backing_file") as f:
+        assert f.read().strip() == path
+    with open(node, "rb") as f:
+        assert f.read(12) == b"first sector"
+    assert driver.remove(key, script=SCRIPT).returncode == 0
+    assert loops_of(path) == []
+
+
+@pytest.mark.parametrize("target,words", [
+    ("/srv/x.img", ["names no format"]),
+    ("qed:/srv/x.img", ["unknown format 'qed'"]),
+    ("qcow2:", ["empty target"]),
+    ("qcow2:/nonexistent/x.qcow2", ["/nonexistent/x.qcow2", "no such file"]),
+])
+def test_a_bad_target_is_refused_with_one_line(driver, target, words):
+    key = driver.backend(target, script=SCRIPT)
+    assert_failed(driver.add(key, script=SCRIPT), driver, key, *words)
+    assert driver.record(key) is None
+
+
+def test_an_image_that_is_not_of_the_named_format_is_refused_never_probed(driver, images, tmp_path):
+    # A raw disk that holds a qcow2 image: named raw, it is served as raw;
+    # a raw image named qcow2 is refused.
+    raw = images("plain.img")
+    key = driver.backend(f"qcow2:{raw}", script=SCRIPT)
+    assert_failed(driver.add(key, script=SCRIPT), driver, key, raw, "not a valid qcow2 image",
+                  "not in qcow2 format")
+    vhd = qemu_image(tmp_path / "disk.vhd", "vpc")
+    key = driver.backend(f"qcow2:{vhd}", script=SCRIPT)
+    assert_failed(driver.add(key, script=SCRIPT), driver, key, "not a valid qcow2 image")
+    assert loops_of(raw) == [] and driver.state_files() == []
+
+
+def test_a_corrupt_qcow2_header_is_refused(driver, tmp_path):
+    path = qemu_image(tmp_path / "corrupt.qcow2", "qcow2")
+    with open(path, "r+b") as f:
+        f.seek(4)
+        f.write(b"\0\0\0\x63")  # version 99
+    key = driver.backend(f"qcow2:{path}", script=SCRIPT)
+    assert_failed(driver.add(key, script=SCRIPT), driver, key, path, "not a valid qcow2 image")
+    assert driver.record(key) is None
+
+
+def test_a_qcow2_with_a_backing_file_is_refused_missing_or_not(driver, tmp_path):
+    base = qemu_image(tmp_path / "base.qcow2", "qcow2")
+    overlay = qemu_image(tmp_path / "overlay.qcow2", "qcow2", "-b", base, "-F", "qcow2")
+    key = driver.backend(f"qcow2:{overlay}", script=SCRIPT)
+    assert_failed(driver.add(key, script=SCRIPT), driver, key, overlay, f"backing file {base}")
+    (tmp_path / "base.qcow2").unlink()
+    key = driver.backend(f"qcow2:{overlay}", script=SCRIPT)
+    assert_failed(driver.add(key, script=SCRIPT), driver, key, overlay, "backing file")
+    assert driver.record(key) is None
+
+
+def test_a_qcow2_with_an_external_data_file_is_refused(driver, tmp_path):
+    data = tmp_path / "data.raw"
+    path = qemu_image(tmp_path / "ext.qcow2", "qcow2", "-o", f"data_file={data}")
+    key = driver.backend(f"qcow2:{path}", script=SCRIPT)
+    assert_failed(driver.add(key, script=SCRIPT), driver, key, f"external data file {data}")
+
+
+def test_a_vmdk_with_an_extent_elsewhere_is_refused(driver, tmp_path):
+    path = qemu_image(tmp_path / "flat.vmdk", "vmdk", "-o", "subformat=monolithicFlat")
+    with open(path, "a") as f:
+        f.write("#" * 512 + "\n")  # a descriptor of one sector at least, as block-tap requires
+    key = driver.backend(f"vmdk:{path}", script=SCRIPT)
+    assert_failed(driver.add(key, script=SCRIPT), driver, key, "extent", "flat-flat.vmdk")
+
+
+def test_a_valid_qcow2_is_refused_as_not_served_yet_and_nothing_is_left(driver, tmp_path):
+    path = qemu_image(tmp_path / "ok.qcow2", "qcow2")
+    key = driver.backend(f"qcow2:{path}", script=SCRIPT)
+    assert_failed(driver.add(key, script=SCRIPT), driver, key, "qemu-nbd", "not do yet")
+    assert driver.record(key) is None
+    assert driver.remove(key, script=SCRIPT).returncode == 0
