@@ -55,6 +55,7 @@ def test_every_script_is_a_hotplug_script_run_by_debian_python(deb):
     assert "/etc/xen/scripts/block-tap" not in files
     assert "/usr/lib/python3/dist-packages/xenblock/lifecycle.py" in files
     assert files["/usr/bin/xenblock"].startswith("-rwx")
+    assert "/usr/share/man/man8/xenblock.8.gz" in files
 
 
 def test_config_udev_rule_and_timer(deb):
