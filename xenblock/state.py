@@ -7,7 +7,8 @@ killed at any point leaves a record that names everything that may exist.
 Every write is atomic (temporary file, fsync, rename): a reader sees the old
 record or the new one, never half of one.
 
-Record fields: key (the XENBUS_PATH), type, target, mode, frontend_id,
+Record fields: format (RECORD_FORMAT; a record without it is format 1, the
+layout before the field existed), key (the XENBUS_PATH), type, target, mode, frontend_id,
 images (for the sharing check: each image the disk uses, as {"id": its
 identity, "writable": bool, "extent": [start, end) in bytes or None for all
 of it}), state ("building" until connected) and steps (list of dicts, each
@@ -22,10 +23,14 @@ import json
 import os
 
 from . import locks
+from .errors import HotplugError
 
 STATE_DIR = "/run/xenblock"
 RECORD_SUFFIX = ".json"
 TEMPORARY_SUFFIX = ".tmp"
+# Raised whenever the record layout changes, so that a run of an upgraded
+# package refuses a record it would misread instead of undoing wrong steps.
+RECORD_FORMAT = 1
 
 
 class StateDir:
@@ -94,6 +99,7 @@ class StateDir:
 
 def new_record(key, disk_type, request, uses):
     return {
+        "format": RECORD_FORMAT,
         "key": key,
         "type": disk_type,
         "target": request.target,
@@ -124,6 +130,11 @@ def _unlink(path):
 def _read_json(path):
     try:
         with open(path) as f:
-            return json.load(f)
+            record = json.load(f)
     except FileNotFoundError:
         return None
+    found = record.get("format", 1)
+    if found != RECORD_FORMAT:
+        raise HotplugError(f"{path}: record format {found}, this xenblock reads format {RECORD_FORMAT}; "
+                           "undo it with the xenblock version that wrote it")
+    return record

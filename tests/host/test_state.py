@@ -1,8 +1,12 @@
+import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 from xenblock import locks
+from xenblock.errors import HotplugError
 from xenblock.deadline import Deadline
 from xenblock.state import STATE_DIR, StateDir
 
@@ -87,3 +91,18 @@ def test_the_udev_rule_looks_for_markers_where_they_are_written():
     rule = open("etc/udev/rules.d/59-xenblock.rules").read()
     assert f'TEST=="{STATE_DIR}/udev/%k"' in rule
     assert StateDir.__init__.__defaults__ == (STATE_DIR,)
+
+
+def test_a_record_of_another_format_is_refused_not_misread(tmp_path):
+    state = StateDir(str(tmp_path))
+    with open(state.record_path("backend/vbd/1/51712"), "w") as f:
+        json.dump({"format": 2, "key": "backend/vbd/1/51712", "steps": []}, f)
+    with pytest.raises(HotplugError, match="record format 2, this xenblock reads format 1"):
+        state.load("backend/vbd/1/51712")
+
+
+def test_a_record_without_format_is_format_1(tmp_path):
+    state = StateDir(str(tmp_path))
+    with open(state.record_path("k"), "w") as f:
+        json.dump({"key": "k", "steps": []}, f)
+    assert state.load("k")["steps"] == []

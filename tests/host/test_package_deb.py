@@ -1,0 +1,99 @@
+"""make deb from a clean copy of HEAD (git archive): what the .deb installs
+where, its conffiles, dependencies and maintainer scripts, and lintian's
+verdict. One build per module (~20 s)."""
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEBIAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+pytestmark = pytest.mark.skipif(shutil.which("dpkg-buildpackage", path=DEBIAN_PATH) is None
+                                or not os.path.exists("/usr/share/perl5/Debian/Debhelper/Buildsystem/pybuild.pm"),
+                                reason="debhelper/dh-python not installed (tools/debian-packages.txt)")
+
+
+def _run(argv, cwd):
+    env = dict(os.environ, PATH=DEBIAN_PATH, LC_ALL="C")
+    return subprocess.run(argv, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory):
+    checkout = tmp_path_factory.mktemp("checkout")
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "xf", "-"], cwd=checkout, input=archive, check=True)
+    # make deb copies what git knows: make the copy a repository of its own.
+    _run(["git", "init", "-q"], checkout)
+    _run(["make", "deb"], checkout)
+    (path,) = glob.glob(str(checkout / "dist" / "xenblock_*_all.deb"))
+    return path
+
+
+def _files(deb):
+    out = subprocess.run(f"dpkg-deb --fsys-tarfile {deb} | tar tvf -", shell=True, check=True,
+                         capture_output=True, text=True).stdout
+    return {line.split()[-1].lstrip("."): line.split()[0] for line in out.splitlines()
+            if not line.endswith("/")}
+
+
+def _member(deb, path):
+    return subprocess.run(f"dpkg-deb --fsys-tarfile {deb} | tar xOf - .{path}", shell=True, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_every_script_is_a_hotplug_script_run_by_debian_python(deb):
+    files = _files(deb)
+    for script in glob.glob(os.path.join(REPO, "scripts", "block-*")):
+        name = os.path.basename(script)
+        where = "/usr/libexec/xenblock/" if name == "block-tap" else "/etc/xen/scripts/"
+        assert files[where + name].startswith("-rwx"), name
+        assert _member(deb, where + name).splitlines()[0] == "#!/usr/bin/python3"
+    assert "/etc/xen/scripts/block-tap" not in files
+    assert "/usr/lib/python3/dist-packages/xenblock/lifecycle.py" in files
+    assert files["/usr/bin/xenblock"].startswith("-rwx")
+    assert "/usr/share/man/man8/xenblock.8.gz" in files
+
+
+def test_config_udev_rule_and_timer(deb):
+    files = _files(deb)
+    assert "/lib/udev/rules.d/59-xenblock.rules" in files
+    assert _member(deb, "/etc/xenblock/xenblock.conf") == open(os.path.join(REPO, "etc/xenblock.conf")).read()
+    assert "OnUnitActiveSec=5min" in _member(deb, "/lib/systemd/system/xenblock-check-fill.timer")
+    assert "xenblock check-fill" in _member(deb, "/lib/systemd/system/xenblock-check-fill.service")
+
+
+def test_metadata(deb):
+    assert _run(["dpkg-deb", "-f", deb, "Package"], "/").strip() == "xenblock"
+    control = subprocess.run(f"dpkg-deb --ctrl-tarfile {deb} | tar xOf - ./conffiles", shell=True,
+                             check=True, capture_output=True, text=True).stdout.split()
+    assert "/etc/xenblock/xenblock.conf" in control
+    depends = _run(["dpkg-deb", "-f", deb, "Depends"], "/")
+    for package in ("python3-pyxs", "python3-pyudev", "dmsetup"):
+        assert package in depends
+    prerm = subprocess.run(f"dpkg-deb --ctrl-tarfile {deb} | tar xOf - ./prerm", shell=True,
+                           check=True, capture_output=True, text=True).stdout
+    assert '"$1" = remove' in prerm and "/run/xenblock" in prerm
+
+
+def test_prerm_warns_on_remove_only(deb, tmp_path):
+    prerm = subprocess.run(f"dpkg-deb --ctrl-tarfile {deb} | tar xOf - ./prerm", shell=True,
+                           check=True, capture_output=True, text=True).stdout
+    # Run its warning part against a state directory of our own.
+    body = prerm.split("#DEBHELPER#")[0] if "#DEBHELPER#" in prerm else prerm.split("# Automatically added")[0]
+    script = tmp_path / "prerm"
+    script.write_text(body.replace("/run/xenblock", str(tmp_path)))
+    (tmp_path / "disk.json").write_text("{}")
+    for action, warns in (("remove", True), ("upgrade", False)):
+        out = subprocess.run(["sh", str(script), action], capture_output=True, text=True)
+        assert out.returncode == 0
+        assert ("warning" in out.stderr) == warns, action
+
+
+@pytest.mark.skipif(shutil.which("lintian", path=DEBIAN_PATH) is None, reason="lintian not installed")
+def test_lintian_reports_no_error(deb):
+    out = subprocess.run(["lintian", deb], env=dict(os.environ, PATH=DEBIAN_PATH), capture_output=True, text=True)
+    assert not [line for line in out.stdout.splitlines() if line.startswith("E:")], out.stdout
