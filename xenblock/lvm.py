@@ -21,6 +21,9 @@ from .errors import HotplugError
 # second tag names the backend path of the disk it was made for.
 TAG = "xenblock"
 BACKEND_TAG = "xenblock-backend:"
+# A third tag on a snapshot kept at destroy ([lvsnap] keep): `xenblock
+# cleanup` removes a snapshot of ours that no record names unless it has it.
+KEEP_TAG = "xenblock-kept"
 # The names of the snapshots xenblock makes start with this (see
 # xenblock.types.lvsnap): the filter rejects them by name.
 NAME_PREFIX = "xenblock-"
@@ -67,16 +70,24 @@ class Volume(namedtuple("Volume", "vg name uuid attr size origin segtype tags sn
 
 def volumes(vg, deadline, log=None):
     """Every LV of vg (hidden ones left out); a HotplugError if vg does not exist."""
-    import json  # here and below: the types table imports this module for every type
-
     from . import command
     try:
-        out = _run(["lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", FIELDS, vg],
-                   f"listing the logical volumes of {vg}", "lvs", deadline, log)
+        return _listed([vg], f"listing the logical volumes of {vg}", deadline, log)
     except command.CommandError as e:
         if "not found" in e.stderr:
             raise HotplugError(f"volume group {vg} not found (vgs lists the volume groups)") from None
         raise
+
+
+def ours(deadline, log=None):
+    """Every LV of xenblock's (tagged TAG), in every volume group."""
+    return _listed(["--select", f"lv_tags={{{TAG}}}"], "listing xenblock's logical volumes", deadline, log)
+
+
+def _listed(selection, step, deadline, log):
+    import json  # here: the types table imports this module for every type
+    out = _run(["lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", FIELDS, *selection],
+               step, "lvs", deadline, log)
     return [_volume(row) for row in json.loads(out)["report"][0]["lv"]]
 
 

@@ -177,6 +177,8 @@ def test_a_kept_snapshot_is_found_again_with_the_guests_changes(vg, tmp_path, ke
                          if "XBGUEST: " in line])
         kept = logical_volumes(vg) - volumes
         assert kept == {f"xenblock-{name}-xvda"}, kept
+        tags = sh("lvs", "--noheadings", "-o", "lv_tags", f"{vg}/xenblock-{name}-xvda").strip().split(",")
+        assert "xenblock-kept" in tags  # what keeps `xenblock cleanup` off it
     finally:
         subprocess.run(["lvremove", *QUIET, "-y", "--select", "lv_tags={xenblock}", vg], capture_output=True)
     assert seen[0][0] != "kept-by-guest" and seen[1][0] == "kept-by-guest", seen
@@ -201,3 +203,24 @@ def test_a_classic_snapshot_s_fill_level_is_read_like_the_cow_types(vg, driver):
     finally:
         assert driver.remove(key, script=SCRIPT).returncode == 0
         driver.destroy_backend(key)
+
+
+def test_cleanup_removes_a_snapshot_of_ours_no_record_names_but_not_a_kept_one_or_a_users(vg):
+    """As after /run was lost: LVs of ours with no record."""
+    for name, tags in (("xenblock-lost-xvda", ["xenblock"]), ("xenblock-kept-xvda", ["xenblock", "xenblock-kept"]),
+                       ("xenblock-users-own", [])):
+        sh("lvcreate", *QUIET, "-y", "-s", "-L", "4M", "-n", name, *[f"--addtag={tag}" for tag in tags],
+           f"{vg}/orig")
+    admin = os.path.join(os.path.dirname(sys.executable), "xenblock")
+    try:
+        listed = subprocess.run([admin, "cleanup", "--dry-run"], capture_output=True, text=True)
+        assert f"would take down logical volume {vg}/xenblock-lost-xvda" in listed.stdout, listed
+        assert "xenblock-kept-xvda" not in listed.stdout and "xenblock-users-own" not in listed.stdout
+        assert {"xenblock-lost-xvda"} <= logical_volumes(vg)
+        done = subprocess.run([admin, "cleanup"], capture_output=True, text=True)
+        assert done.returncode == 0 and f"took down logical volume {vg}/xenblock-lost-xvda" in done.stdout, done
+        assert {"xenblock-kept-xvda", "xenblock-users-own"} <= logical_volumes(vg)
+        assert "xenblock-lost-xvda" not in logical_volumes(vg)
+    finally:
+        for name in ("xenblock-lost-xvda", "xenblock-kept-xvda", "xenblock-users-own"):
+            subprocess.run(["lvremove", *QUIET, "-y", f"{vg}/{name}"], capture_output=True)

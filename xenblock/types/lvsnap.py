@@ -100,7 +100,7 @@ def attach(spec, uses, request, build):
         what = "kept"
     else:
         step = build.intend("lvsnap", vg=vg, lv=spec.name, uuid=None, keep=False, thin=spec.origin.thin)
-        tags = [lvm.TAG, lvm.BACKEND_TAG + build.record["key"]]
+        tags = [lvm.TAG, lvm.BACKEND_TAG + build.record["key"]] + ([lvm.KEEP_TAG] if spec.keep else [])
         lvm.create_snapshot(spec.origin, spec.name, None if spec.origin.thin else spec.size, tags, build.deadline)
         found = _volume(vg, spec.name, build.deadline)
         step.update(uuid=found.uuid, keep=spec.keep)
