@@ -106,6 +106,8 @@ def explained(environ):
 
 
 def _text(value):
+    if isinstance(value, frozenset):
+        return " ".join(sorted(value)) or "none"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if value is None:
