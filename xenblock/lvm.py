@@ -14,7 +14,7 @@ The filter replaces lvm.conf's devices/global_filter for our commands only.
 import os
 from collections import namedtuple
 
-from .blockdev import Devnum
+from .blockdev import Devnum, read_attribute
 from .errors import HotplugError
 
 # The tag on every LV xenblock makes: what cleanup and reuse look for. A
@@ -31,11 +31,14 @@ MARKER_DIR = "/run/xenblock/udev"
 SYS_BLOCK = "/sys/block"
 # Seconds a step must have left of the run's deadline to start. Measured in
 # the emulated test dom0, where everything is about 30 times slower than on
-# a real host: lvcreate of a classic snapshot took 4 to 8 s, of a thin one 4 s.
-# remove has 10 s in all, of which the interpreter's start took 3.5 s there:
-# lvremove gets what is left (it took 5.5 s waiting for udev, 2.8 s with
-# --noudevsync) and may overrun into the margin kept for the hotplug-error.
-NEEDS = {"lvs": 3.0, "lvcreate": 12.0, "lvchange": 6.0, "lvremove": 2.0}
+# a real host: lvcreate of a classic snapshot took 5 to 15 s, of a thin one
+# 5 s, lvs 1 to 3 s. remove has 10 s in all, of which the interpreter's start
+# took 2.5 to 3.5 s there, and lvremove 2.5 to 4 s (--noudevsync): it starts
+# with as little as 1 s left and may overrun into the margin kept for the
+# hotplug-error, because a refusal leaves the snapshot for certain, while
+# an lvremove that outlives a killed script still ends (libxl kills the
+# script's pid only) and leaves only the record, whose undo is then a no-op.
+NEEDS = {"lvs": 3.0, "lvcreate": 12.0, "lvchange": 6.0, "lvremove": 1.0}
 FIELDS = ("vg_name,lv_name,lv_uuid,lv_attr,lv_size,origin,segtype,lv_tags,snap_percent,"
           "lv_kernel_major,lv_kernel_minor,lv_dm_path,vg_free")
 
@@ -101,6 +104,27 @@ def create_snapshot(origin, name, size, tags, deadline, log=None):
         argv += ["--addtag", tag]
     _run(argv + [origin.full_name], f"creating snapshot {origin.vg}/{name} of {origin.full_name}",
          "lvcreate", deadline, log)
+
+
+def active(vg, name):
+    """The active LV vg/name as the kernel shows it, or None if it has no
+    node: read from sysfs rather than by a second lvs, which costs a few
+    seconds of add's 40 under emulation. lvcreate and lvchange wait for
+    udev (udev sync), so the node is there when they return."""
+    path = f"/dev/{vg}/{name}"
+    try:
+        devnum = Devnum.of_rdev(os.stat(path).st_rdev)
+    except FileNotFoundError:
+        return None
+    # An LV's dm UUID is LVM- then its VG's UUID and its own, 32 characters
+    # each without the dashes that lvs puts in (6-4-4-4-4-4-6).
+    raw = (read_attribute(devnum, "dm", "uuid") or "").removeprefix("LVM-")[32:64]
+    if len(raw) != 32:
+        return None
+    cuts = (0, 6, 10, 14, 18, 22, 26, 32)
+    uuid = "-".join(raw[a:b] for a, b in zip(cuts, cuts[1:]))
+    size = int(read_attribute(devnum, "size")) * 512
+    return Volume(vg, name, uuid, "", size, None, None, {TAG}, None, devnum, path, None)
 
 
 def activate(volume, deadline, log=None):

@@ -102,12 +102,12 @@ def attach(spec, uses, request, build):
         step = build.intend("lvsnap", vg=vg, lv=spec.name, uuid=None, keep=False, thin=spec.origin.thin)
         tags = [lvm.TAG, lvm.BACKEND_TAG + build.record["key"]] + ([lvm.KEEP_TAG] if spec.keep else [])
         lvm.create_snapshot(spec.origin, spec.name, None if spec.origin.thin else spec.size, tags, build.deadline)
-        found = _volume(vg, spec.name, build.deadline)
+        found = _made(vg, spec.name, build.deadline)
         step.update(uuid=found.uuid, keep=spec.keep)
         build.save()
         what = "made now"
     if found.devnum is None:
-        found = _volume(vg, found.name, build.deadline)
+        found = _made(vg, found.name, build.deadline)
     kind = "thin snapshot" if spec.origin.thin else f"{sizes.text(found.size)} snapshot"
     return Device(found.path, found.devnum, f"{kind} {found.full_name} of {spec.origin_name} ({what}"
                                             f"{', kept at destroy' if spec.keep else ''})")
@@ -152,6 +152,11 @@ def _ours(volume, spec):
                            f"{volume.snap_percent or 100:.0f}% full), the guest's changes are lost; lvremove "
                            "it to start afresh")
     return volume
+
+
+def _made(vg, name, deadline):
+    """vg/name, just made or activated, from the kernel; lvs if it has no node."""
+    return lvm.active(vg, name) or _volume(vg, name, deadline)
 
 
 def _volume(vg, name, deadline):
