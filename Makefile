@@ -1,11 +1,32 @@
 # Debian tools with Debian's python3, whatever python a venv or pyenv puts first.
 # Packages are built from the files git knows (tracked or not ignored), never
-# from build caches, in a fresh copy under build/pkg.
+# from build caches, in a fresh copy under build/pkg; what they make goes to dist/.
 BUILD := build/pkg
-.PHONY: deb
-deb:
-	rm -rf $(BUILD) && mkdir -p $(BUILD)/xenblock dist
-	git ls-files -co --exclude-standard -z | xargs -0 tar cf - | tar xf - -C $(BUILD)/xenblock
-	cp -r packaging/debian $(BUILD)/xenblock/debian
-	cd $(BUILD)/xenblock && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
+VERSION := $(shell sed -n 's/^version *= *//p' setup.cfg)
+SRC := $(BUILD)/xenblock-$(VERSION)
+SYSTEM := PATH=/usr/sbin:/usr/bin:/sbin:/bin
+.PHONY: deb rpm dist copy
+
+copy:
+	rm -rf $(BUILD) && mkdir -p $(SRC) dist
+	git ls-files -co --exclude-standard -z | xargs -0 tar cf - | tar xf - -C $(SRC)
+
+deb: copy
+	cp -r packaging/debian $(SRC)/debian
+	cd $(SRC) && $(SYSTEM) dpkg-buildpackage -us -uc -b
 	mv $(BUILD)/xenblock_*.deb dist/
+
+# rpmbuild --nodeps: this host's rpm database is empty, so it cannot see the
+# BuildRequires (Debian's python3, pip and setuptools do the building).
+rpm: copy
+	tar czf $(SRC).tar.gz -C $(BUILD) xenblock-$(VERSION)
+	$(SYSTEM) rpmbuild -bb --nodeps --define "_topdir $(abspath $(BUILD))/rpmbuild" \
+	    --define "_sourcedir $(abspath $(BUILD))" \
+	    --define "packager xenblock developers <xenblock@example.org>" packaging/rpm/xenblock.spec
+	mv $(BUILD)/rpmbuild/RPMS/noarch/xenblock-*.rpm dist/
+
+# The wheel is built from the sdist (python3 -m build does that), so the
+# sdist is proven to hold what a build needs.
+dist: copy
+	cd $(SRC) && $(SYSTEM) python3 -m build --no-isolation --outdir $(abspath dist) .
+	$(SYSTEM) twine check --strict dist/xenblock-$(VERSION).tar.gz dist/xenblock-$(VERSION)-py3-none-any.whl
