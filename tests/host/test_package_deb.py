@@ -8,27 +8,18 @@ import subprocess
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEBIAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+from tests.support.packages import DEBIAN_PATH, REPO, make_in_copy_of_head
+from tests.support.packages import run as _run
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-buildpackage", path=DEBIAN_PATH) is None
                                 or not os.path.exists("/usr/share/perl5/Debian/Debhelper/Buildsystem/pybuild.pm"),
                                 reason="debhelper/dh-python not installed (tools/debian-packages.txt)")
 
 
-def _run(argv, cwd):
-    env = dict(os.environ, PATH=DEBIAN_PATH, LC_ALL="C")
-    return subprocess.run(argv, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory):
     checkout = tmp_path_factory.mktemp("checkout")
-    archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, check=True, capture_output=True).stdout
-    subprocess.run(["tar", "xf", "-"], cwd=checkout, input=archive, check=True)
-    # make deb copies what git knows: make the copy a repository of its own.
-    _run(["git", "init", "-q"], checkout)
-    _run(["make", "deb"], checkout)
+    make_in_copy_of_head(checkout, "deb")
     (path,) = glob.glob(str(checkout / "dist" / "xenblock_*_all.deb"))
     return path
 
@@ -56,6 +47,8 @@ def test_every_script_is_a_hotplug_script_run_by_debian_python(deb):
     assert "/usr/lib/python3/dist-packages/xenblock/lifecycle.py" in files
     assert files["/usr/bin/xenblock"].startswith("-rwx")
     assert "/usr/share/man/man8/xenblock.8.gz" in files
+    assert "/usr/share/man/man5/xenblock-disks.5.gz" in files
+    assert files["/usr/share/man/man8/block-cow.8.gz"].startswith("l")  # dh_installman: .so to symlink
 
 
 def test_config_udev_rule_and_timer(deb):
