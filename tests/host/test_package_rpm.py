@@ -117,6 +117,12 @@ def test_trigger_keeps_the_administrators_choice_of_block_tap(rpm, tmp_path):
     subprocess.run(["sh", str(script), "1", "1"], check=True)
     assert os.readlink(scripts / "block-tap") == "/usr/libexec/xenblock/block-tap"
     assert (scripts / "block-tap.xen").read_text() == "xen's new"
+    # xenblock erased: Xen's back in place; upgraded: the choice stays.
+    postun = _scriptlet(rpm, "%{POSTUN}", tmp_path)
+    subprocess.run(["sh", str(postun), "1"], check=True)
+    assert (scripts / "block-tap").is_symlink()
+    subprocess.run(["sh", str(postun), "0"], check=True)
+    assert (scripts / "block-tap").read_text() == "xen's new" and not (scripts / "block-tap.xen").exists()
 
 
 def test_rpmlint_reports_no_error(rpm):
