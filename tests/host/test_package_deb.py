@@ -27,7 +27,8 @@ def deb(tmp_path_factory):
 def _files(deb):
     out = subprocess.run(f"dpkg-deb --fsys-tarfile {deb} | tar tvf -", shell=True, check=True,
                          capture_output=True, text=True).stdout
-    return {line.split()[-1].lstrip("."): line.split()[0] for line in out.splitlines()
+    # A symlink's line ends "name -> target".
+    return {line.split(" -> ")[0].split()[-1].lstrip("."): line.split()[0] for line in out.splitlines()
             if not line.endswith("/")}
 
 
