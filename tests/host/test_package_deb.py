@@ -18,9 +18,7 @@ pytestmark = pytest.mark.skipif(shutil.which("dpkg-buildpackage", path=DEBIAN_PA
 
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory):
-    checkout = tmp_path_factory.mktemp("checkout")
-    make_in_copy_of_head(checkout, "deb")
-    (path,) = glob.glob(str(checkout / "dist" / "xenblock_*_all.deb"))
+    (path,) = make_in_copy_of_head(tmp_path_factory, "deb", "xenblock_*_all.deb")
     return path
 
 

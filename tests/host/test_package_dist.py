@@ -1,7 +1,6 @@
 """make dist from a clean copy of HEAD: the sdist holds what the tests and
 the packages need, twine passes both, and the wheel installed into a venv
 gives the hotplug scripts and the command."""
-import glob
 import os
 import shutil
 import subprocess
@@ -18,11 +17,7 @@ SCRIPTS = ("block-cow", "block-file", "block-part", "block-snapshot", "block-tap
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory):
-    checkout = tmp_path_factory.mktemp("checkout")
-    make_in_copy_of_head(checkout, "dist")
-    (sdist,) = glob.glob(str(checkout / "dist" / "xenblock-*.tar.gz"))
-    (wheel,) = glob.glob(str(checkout / "dist" / "xenblock-*-py3-none-any.whl"))
-    return sdist, wheel
+    return make_in_copy_of_head(tmp_path_factory, "dist", "xenblock-*.tar.gz", "xenblock-*-py3-none-any.whl")
 
 
 def test_sdist_holds_the_tests_and_the_packaging(dist):

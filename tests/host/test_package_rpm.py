@@ -17,9 +17,7 @@ SITE = "/usr/lib/python3.11/site-packages"
 
 @pytest.fixture(scope="module")
 def rpm(tmp_path_factory):
-    checkout = tmp_path_factory.mktemp("checkout")
-    make_in_copy_of_head(checkout, "rpm")
-    (path,) = glob.glob(str(checkout / "dist" / "xenblock-*.noarch.rpm"))
+    (path,) = make_in_copy_of_head(tmp_path_factory, "rpm", "xenblock-*.noarch.rpm")
     return path
 
 

@@ -2,6 +2,7 @@
 files git knows, so the tests give it a copy of HEAD (git archive) that is
 a repository of its own, and Debian's tools on PATH (whatever venv runs
 the tests)."""
+import glob
 import os
 import subprocess
 
@@ -16,9 +17,14 @@ def run(argv, cwd="/", env=None):
     return subprocess.run(argv, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
-def make_in_copy_of_head(checkout, target):
-    """`make target` in checkout, a new directory that gets a copy of HEAD."""
+def make_in_copy_of_head(tmp_path_factory, target, *patterns):
+    """`make target` in a new directory that gets a copy of HEAD; the one
+    file in its dist/ that each glob pattern matches."""
+    checkout = tmp_path_factory.mktemp("checkout")
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, check=True, capture_output=True).stdout
     subprocess.run(["tar", "xf", "-"], cwd=checkout, input=archive, check=True)
     run(["git", "init", "-q"], checkout)
     run(["make", target], checkout)
+    found = [glob.glob(str(checkout / "dist" / pattern)) for pattern in patterns]
+    assert all(len(paths) == 1 for paths in found), found
+    return [paths[0] for paths in found]
