@@ -5,28 +5,34 @@ BUILD := build/pkg
 VERSION := $(shell sed -n 's/^version *= *//p' setup.cfg)
 SRC := $(BUILD)/xenblock-$(VERSION)
 SYSTEM := PATH=/usr/sbin:/usr/bin:/sbin:/bin
-.PHONY: deb rpm dist copy
+.PHONY: deb rpm dist
 
-copy:
+# A recipe's first step rather than a target: `make deb rpm` must give each
+# package a fresh copy, and make would run a shared target only once.
+define fresh_copy
 	rm -rf $(BUILD) && mkdir -p $(SRC) dist
 	git ls-files -co --exclude-standard -z | xargs -0 tar cf - | tar xf - -C $(SRC)
+endef
 
-deb: copy
+deb:
+	$(fresh_copy)
 	cp -r packaging/debian $(SRC)/debian
 	cd $(SRC) && $(SYSTEM) dpkg-buildpackage -us -uc -b
 	mv $(BUILD)/xenblock_*.deb dist/
 
 # rpmbuild --nodeps: this host's rpm database is empty, so it cannot see the
 # BuildRequires (Debian's python3, pip and setuptools do the building).
-rpm: copy
+rpm:
+	$(fresh_copy)
 	tar czf $(SRC).tar.gz -C $(BUILD) xenblock-$(VERSION)
 	$(SYSTEM) rpmbuild -bb --nodeps --define "_topdir $(abspath $(BUILD))/rpmbuild" \
 	    --define "_sourcedir $(abspath $(BUILD))" \
-	    --define "packager xenblock developers <xenblock@example.org>" packaging/rpm/xenblock.spec
+	    --define "packager xenblock developers <xenblock@example.org>" $(SRC)/packaging/rpm/xenblock.spec
 	mv $(BUILD)/rpmbuild/RPMS/noarch/xenblock-*.rpm dist/
 
 # The wheel is built from the sdist (python3 -m build does that), so the
 # sdist is proven to hold what a build needs.
-dist: copy
+dist:
+	$(fresh_copy)
 	cd $(SRC) && $(SYSTEM) python3 -m build --no-isolation --outdir $(abspath dist) .
 	$(SYSTEM) twine check --strict dist/xenblock-$(VERSION).tar.gz dist/xenblock-$(VERSION)-py3-none-any.whl
