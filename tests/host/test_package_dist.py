@@ -25,7 +25,7 @@ def test_sdist_holds_the_tests_and_the_packaging(dist):
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     for needed in ("tests/host/test_package_deb.py", "tests/support/driver.py", "pytest.ini", "Makefile",
                    "etc/xenblock.conf", "etc/udev/rules.d/59-xenblock.rules", "packaging/debian/rules",
-                   "packaging/rpm/xenblock.spec", "packaging/man/xenblock-disks.5", "tools/debian-packages.txt",
+                   "packaging/rpm/xenblock.spec", "packaging/man/xenblock-disks.5.rst", "tools/debian-packages.txt",
                    "scripts/block-file", "xenblock/lifecycle.py"):
         assert needed in names, needed
     assert not [name for name in names if "__pycache__" in name]
