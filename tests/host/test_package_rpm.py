@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.support.packages import DEBIAN_PATH, REPO, make_in_copy_of_head, run
+from tests.support.packages import DEBIAN_PATH, REPO, check_man_pages, make_in_copy_of_head, run
 
 pytestmark = pytest.mark.skipif(shutil.which("rpmbuild", path=DEBIAN_PATH) is None,
                                 reason="rpm not installed (tools/debian-packages.txt)")
@@ -60,15 +60,8 @@ def test_config_udev_rule_and_timer(rpm, root):
     assert "xenblock check-fill" in (root / "usr/lib/systemd/system/xenblock-check-fill.service").read_text()
 
 
-def test_man_pages_render_without_warnings(root):
-    mandir = root / "usr/share/man"
-    assert (mandir / "man8/xenblock.8.gz").exists()
-    for page in ("xenblock", "xenblock-disks", "block-cow", "block-tap"):
-        # -M: the installed tree, where block-cow(8)'s .so finds xenblock-disks(5).
-        out = subprocess.run(["man", "--warnings", "-M", str(mandir), page], capture_output=True, text=True,
-                             env=dict(os.environ, PATH=DEBIAN_PATH, MANWIDTH="80", LC_ALL="C.UTF-8"))
-        assert out.returncode == 0 and not out.stderr, (page, out.stderr)
-        assert "block-snapshot" in out.stdout
+def test_man_pages_are_made_from_the_rst_and_render_without_warnings(root):
+    check_man_pages(root / "usr/share/man")
 
 
 def test_requirements(rpm):
