@@ -130,8 +130,14 @@ def _still_in_use(node, devnum, consequence):
                         "a later remove to finish")
 
 
+def undo_lvsnap(step, state, deadline):
+    from .types import lvsnap  # only block-lvsnap's records need LVM
+    lvsnap.undo_lvsnap(step, state, deadline)
+
+
 # Undo functions by the name a step records; each is safe to run again.
-UNDO = {"loop": undo_loop, "shared_loop": undo_shared_loop, "dm": undo_dm, "unlink": undo_unlink}
+UNDO = {"loop": undo_loop, "shared_loop": undo_shared_loop, "dm": undo_dm, "unlink": undo_unlink,
+        "lvsnap": undo_lvsnap}
 
 
 def teardown(record, state, deadline):

@@ -9,8 +9,9 @@ Two kinds of leftover, each provably xenblock's:
   - a device of ours that no record names (the records were lost with
     /run, or a run was killed in an older version): a loop device whose
     name field carries our mark (xenblock:...), a device-mapper device whose
-    UUID starts XENBLOCK-. A user's own loop and dm devices carry neither,
-    whatever their names.
+    UUID starts XENBLOCK-, a snapshot LV tagged xenblock and not kept (no
+    xenblock-kept tag). A user's own loop and dm devices and LVs carry
+    none of these, whatever their names.
 Nothing still in use is touched (a guest's blkback, a dom0 mount, a process,
 a device stacked on it), and nothing a user keeps: undoing a record removes
 only what its add made (never a base image, a CoW file, a kept snapshot).
@@ -21,7 +22,7 @@ named by a record read after it.
 """
 from collections import namedtuple
 
-from . import build, dm, locks, loop
+from . import build, dm, locks, loop, lvm
 from .blockdev import diskseq
 from .deadline import Deadline
 from .errors import HotplugError
@@ -34,9 +35,10 @@ STEP_SECONDS = 30
 
 def run(state, xs, dry_run=False):
     """The Actions taken (or, with dry_run, that would be)."""
-    records, devices, loops = unrecorded(state)
+    records, devices, loops, volumes = unrecorded(state)
     actions = [_record(record, state, xs, dry_run) for record in records
                if xs.read(f"{record['key']}/frontend-id") is None]
+    actions += [_volume(volume, dry_run) for volume in volumes]
     removed = [_device(device, state, dry_run) for device in devices]
     # A dry run takes nothing down: a loop device under a device-mapper
     # device it would remove first is not held by that one.
@@ -48,14 +50,18 @@ def run(state, xs, dry_run=False):
 def unrecorded(state):
     """(the records, the device-mapper devices of ours that none names (as
     dm.Listed), the loop devices of ours that none names ((node, Devnum,
-    mark))); the kernel scanned first (see the module's doc)."""
-    loops, devices = _our_loops(), _our_dm_devices()
+    mark)), the snapshot LVs of ours that none names and that are not kept
+    (lvm.Volume)); the kernel scanned first (see the module's doc)."""
+    loops, devices, volumes = _our_loops(), _our_dm_devices(), _our_volumes()
     records = state.records()
+    recorded = {(step.get("vg"), step.get("lv")) for record in records for step in record["steps"]}
+    volumes = [volume for volume in volumes if (volume.vg, volume.name) not in recorded
+               and lvm.KEEP_TAG not in volume.tags]
     named = {(step.get("node"), step.get("diskseq")) for record in records for step in record["steps"]}
     uuids = {step.get("uuid") for record in records for step in record["steps"]}
     return (records, [device for device in devices if device.uuid not in uuids],
             [(node, devnum, mark) for node, devnum, mark in loops
-             if (node, diskseq(devnum)) not in named and (node, None) not in named])
+             if (node, diskseq(devnum)) not in named and (node, None) not in named], volumes)
 
 
 def _record(record, state, xs, dry_run):
@@ -73,6 +79,19 @@ def _record(record, state, xs, dry_run):
             build.teardown(current, state, Deadline.after(STEP_SECONDS))
         except HotplugError as e:
             return Action(what, False, str(e))
+    return Action(what, True, None)
+
+
+def _volume(volume, dry_run):
+    what = f"logical volume {volume.full_name} (tagged {lvm.TAG}, not kept), no record names it"
+    if volume.open:
+        return Action(what, False, "open (in use)")
+    if dry_run:
+        return Action(what, None, None)
+    try:
+        lvm.remove_ours(volume.vg, volume.name, volume.uuid, Deadline.after(STEP_SECONDS))
+    except HotplugError as e:
+        return Action(what, False, str(e))
     return Action(what, True, None)
 
 
@@ -121,6 +140,13 @@ def _our_loops():
         if info is not None and info.mark.startswith(loop.MARK_PREFIX) and not info.autoclear:
             found.append((node, devnum, info.mark))
     return found
+
+
+def _our_volumes():
+    try:
+        return lvm.ours(Deadline.after(STEP_SECONDS))
+    except HotplugError:
+        return []  # no LVM here (lvs missing or failing): no snapshot of ours either
 
 
 def _our_dm_devices():

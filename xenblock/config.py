@@ -20,9 +20,9 @@ FLAG_WORDS = {"1": True, "yes": True, "true": True, "on": True,
 
 Config = namedtuple(
     "Config", "log_file debug syslog direct_io cow_directory cow_size cow_max_size cow_sparse snapshot_max_size "
-              "fill_warning",
+              "fill_warning lvsnap_keep lvsnap_keep_origins lvsnap_live_origin",
     defaults=("/var/log/xen/xen-hotplug.log", False, True, True,
-              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False, None, 0.8))
+              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False, None, 0.8, False, frozenset(), False))
 
 
 class ConfigError(HotplugError):
@@ -64,6 +64,15 @@ def _percentage(text):
     return value / 100
 
 
+def _origins(text):
+    """A set of origin LVs, <vg>/<lv> separated by spaces; none: no origin."""
+    words = [] if text.lower() == "none" else text.split()
+    wrong = [word for word in words if word.count("/") != 1 or word.startswith("/") or word.endswith("/")]
+    if wrong:
+        raise ValueError(f"expected origins as <vg>/<lv> separated by spaces, not {wrong[0]!r}")
+    return frozenset(words)
+
+
 # (section, name in the file) -> (Config field, conversion)
 SETTINGS = {
     ("general", "log_file"): ("log_file", _path),
@@ -76,6 +85,9 @@ SETTINGS = {
     ("cow", "max_size"): ("cow_max_size", _size),
     ("cow", "sparse"): ("cow_sparse", _flag),
     ("snapshot", "max_size"): ("snapshot_max_size", _size_or_none),
+    ("lvsnap", "keep"): ("lvsnap_keep", _flag),
+    ("lvsnap", "keep_origins"): ("lvsnap_keep_origins", _origins),
+    ("lvsnap", "live_origin"): ("lvsnap_live_origin", _flag),
 }
 SECTIONS = {section for section, _ in SETTINGS}
 
@@ -106,6 +118,8 @@ def explained(environ):
 
 
 def _text(value):
+    if isinstance(value, frozenset):
+        return " ".join(sorted(value)) or "none"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if value is None:

@@ -1,7 +1,8 @@
 """How full every live snapshot is, and which ones need a person.
 
 A block-cow or block-snapshot disk is a device-mapper snapshot whose store
-takes the guest's changes. When the store fills up, the kernel invalidates
+takes the guest's changes, and so is a block-lvsnap disk of a classic
+origin (LVM's snapshot LV, whose store is its -cow LV). When the store fills up, the kernel invalidates
 the snapshot: the guest gets I/O errors and every change it held is lost.
 A block-snapshot's store is a sparse CoW file, so it can also fail before
 it is full, when its host file system has no room left for the blocks it
@@ -36,18 +37,50 @@ Space = namedtuple("Space", "path free growth error")
 def levels(state):
     """A Level for every snapshot the records in state describe, once each."""
     found = {}  # by the device's uuid
+    uuid_of = _SnapshotUuids()
     for record in state.records():
         for step in record["steps"]:
-            if step.get("undo") != "dm":
+            uuid = uuid_of(step)
+            if uuid is None:
                 continue
-            level = found.get(step["uuid"])
+            level = found.get(uuid)
             if level is None:
-                found[step["uuid"]] = Level((record["key"],), record["type"], record["target"],
-                                            (record.get("frontend_id"),), _usage(step["uuid"]), _space(record))
+                found[uuid] = Level((record["key"],), record["type"], record["target"],
+                                    (record.get("frontend_id"),), _usage(uuid), _space(record))
             else:
-                found[step["uuid"]] = level._replace(keys=level.keys + (record["key"],),
-                                                     guests=level.guests + (record.get("frontend_id"),))
+                found[uuid] = level._replace(keys=level.keys + (record["key"],),
+                                             guests=level.guests + (record.get("frontend_id"),))
     return list(found.values())
+
+
+class _SnapshotUuids:
+    """The dm uuid of the snapshot a record's step names, None for a step
+    that names none: our own dm devices', or a classic LVM snapshot's (LVM
+    names its device <vg>-<lv>, the dashes in each doubled; its uuid holds
+    the VG's and LV's UUIDs, so it is looked up by name, from one listing).
+    A thin snapshot has no store of its own to fill: its pool does."""
+
+    def __init__(self):
+        self.by_name = None
+
+    def __call__(self, step):
+        if step.get("undo") == "dm":
+            return step["uuid"]
+        if step.get("undo") != "lvsnap" or step.get("thin"):
+            return None
+        if self.by_name is None:
+            self.by_name = {device.name: device.uuid for device in _devices()}
+        name = f"{step['vg'].replace('-', '--')}-{step['lv'].replace('-', '--')}"
+        return self.by_name.get(name, f"LVM-gone:{name}")
+
+
+def _devices():
+    try:
+        return dm.list_devices()
+    except dm.DeviceMapperError as e:
+        if e.errno != errno.ENOENT:
+            raise
+        return []  # no device-mapper, so no device either
 
 
 def _usage(uuid):

@@ -35,6 +35,9 @@ def add(ctx):
     ctx.state.sweep()
     with contextlib.ExitStack() as opened:
         spec = module.parse(request.target)
+        if hasattr(module, "named_after"):
+            module.named_after(spec, _guest(ctx.xs, request.frontend_id), ctx.xs.read(f"{ctx.key}/dev") or
+                               ctx.key.rsplit("/", 1)[-1])
         uses = module.check(spec, request, ctx.config, opened)
         record = new_record(ctx.key, ctx.disk_type, request, uses)
         found = twin.find(record, request, ctx, opened) if _one_device_per_vm(module, request) else None
@@ -144,8 +147,13 @@ def _publish(device, record, ctx):
     ctx.state.save(record)
 
 
+def _guest(xs, domid):
+    """The guest's name; None if not known."""
+    return None if domid is None else xs.read(f"/local/domain/{domid}/name")
+
+
 def _guest_name(xs, domid):
     if domid is None:
         return "an unknown domain"
-    name = xs.read(f"/local/domain/{domid}/name")
+    name = _guest(xs, domid)
     return f"domain {domid} ({name})" if name else f"domain {domid}"

@@ -24,6 +24,16 @@ def parse(text):
     return value
 
 
+def split_trailing(text):
+    """(text without its last word, that word as bytes) if the word looks
+    like a size (a target's "<path> <size>"), else (text, None); ValueError
+    as parse's for a word that looks like a size and is not one."""
+    head, _, tail = text.rpartition(" ")
+    if head and looks_like_size(tail):
+        return head.rstrip(), parse(tail)
+    return text, None
+
+
 def looks_like_size(word):
     """Whether word was meant as a size (and must parse as one)."""
     return word[:1].isdigit()

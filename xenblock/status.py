@@ -25,11 +25,12 @@ def rows(state, xs):
     """A Row for each record, then one for each device of ours no record
     names (key None)."""
     from .cleanup import unrecorded
-    records, devices, loops = unrecorded(state)
+    records, devices, loops, volumes = unrecorded(state)
     levels = {key: level for level in fill.levels(state) for key in level.keys}
     found = [_row(record, xs, levels.get(record["key"])) for record in records]
     strays = [f"{dm.node(device.devnum)} ({device.name})" for device in devices]
-    return found + [_stray(node) for node in strays + [f"{node} ({mark})" for node, _, mark in loops]]
+    strays += [f"{node} ({mark})" for node, _, mark in loops] + [volume.full_name for volume in volumes]
+    return found + [_stray(node) for node in strays]
 
 
 def _row(record, xs, level):

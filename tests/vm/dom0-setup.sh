@@ -16,7 +16,7 @@ die() {
 grep -q control_d /proc/xen/capabilities 2>/dev/null ||
     mount -t xenfs xenfs /proc/xen || die "cannot mount xenfs: not running under Xen?"
 modprobe -a xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-blkfront \
-    loop dm_mod dm_snapshot || die "modprobe failed"
+    loop dm_mod dm_snapshot dm_thin_pool || die "modprobe failed"
 mkdir -p /var/run/xen /var/run/xenstored /var/log/xen /var/lib/xen
 $XEN/xenstored --pid-file /var/run/xenstored.pid ${XENSTORED_ARGS:-} || die "xenstored did not start"
 $XEN/xen-init-dom0 || die "xen-init-dom0 failed"

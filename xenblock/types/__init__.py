@@ -13,13 +13,17 @@ Each module offers the same lifecycle:
   named_paths(spec) -> [path, ...]
                                  what must exist for an add to work, for
                                  `xenblock check-config` (optional)
+A type may also offer named_after(spec, guest, device), called before
+check with the guest's name and the device's (xvda), for what it names
+after them (block-lvsnap's snapshot).
 Teardown is generic: it undoes the record (see xenblock.build).
 """
-from . import cow, file, part, snapshot, tap
+from . import cow, file, lvsnap, part, snapshot, tap
 
 TYPES = {
     "cow": cow,
     "file": file,
+    "lvsnap": lvsnap,
     "part": part,
     "snapshot": snapshot,
     "tap": tap,

@@ -46,14 +46,10 @@ Spec = namedtuple("Spec", "path size")
 
 
 def parse(target):
-    path, size = target.strip(), None
-    head, _, tail = path.rpartition(" ")
-    if head and sizes.looks_like_size(tail):
-        path = head.rstrip()
-        try:
-            size = sizes.parse(tail)
-        except ValueError as e:
-            raise HotplugError(f"target {target.strip()!r}: the store's size: {e}") from None
+    try:
+        path, size = sizes.split_trailing(target.strip())
+    except ValueError as e:
+        raise HotplugError(f"target {target.strip()!r}: the store's size: {e}") from None
     if not path:
         raise HotplugError("empty target: give the base image's path, then optionally the store's size")
     return Spec(path, size)
