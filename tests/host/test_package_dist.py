@@ -8,11 +8,10 @@ import tarfile
 
 import pytest
 
-from tests.support.packages import DEBIAN_PATH, make_in_copy_of_head, run
+from tests.support.packages import DEBIAN_PATH, SCRIPT_NAMES, make_in_copy_of_head, run
 
 pytestmark = pytest.mark.skipif(shutil.which("twine", path=DEBIAN_PATH) is None,
                                 reason="twine not installed (tools/debian-packages.txt)")
-SCRIPTS = ("block-cow", "block-file", "block-part", "block-snapshot", "block-tap")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def test_wheel_installs_the_scripts_and_the_command(dist, tmp_path):
     venv = tmp_path / "venv"
     run(["python3", "-m", "venv", "--system-site-packages", str(venv)])
     run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", dist[1]])
-    for name in SCRIPTS:
+    for name in SCRIPT_NAMES:
         script = venv / "bin" / name
         assert os.access(script, os.X_OK), name
         assert script.read_text().splitlines()[0] == f"#!{venv}/bin/python", name
