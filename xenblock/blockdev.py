@@ -39,14 +39,16 @@ Device = namedtuple("Device", "path devnum detail", defaults=("",))
 
 
 def read_attribute(devnum, *parts):
-    return _read(devnum.sysfs(*parts))
+    return read_text(devnum.sysfs(*parts))
 
 
-def _read(path):
+def read_text(path):
+    """A sysfs, /proc or /run file's text, stripped; None if it cannot be
+    read (gone with its device, or never there)."""
     try:
         with open(path) as f:
             return f.read().strip()
-    except FileNotFoundError:
+    except OSError:
         return None
 
 
@@ -75,7 +77,7 @@ def family(devnum):
     found = [devnum]
     if os.path.exists(devnum.sysfs("partition")):
         whole = os.path.dirname(os.path.realpath(devnum.sysfs()))
-        number = _read(os.path.join(whole, "dev"))
+        number = read_text(os.path.join(whole, "dev"))
         return found + [Devnum.parse(number)] if number else found
     for name in listdir(devnum.sysfs()):
         if os.path.exists(devnum.sysfs(name, "partition")):

@@ -26,7 +26,7 @@ import time
 import uuid
 import zlib
 
-from .blockdev import Devnum, read_attribute, size_of
+from .blockdev import Devnum, read_attribute, read_text, size_of
 from .errors import HotplugError
 
 # Where the dm store starts. 1 MiB is a multiple of every logical block size
@@ -141,7 +141,7 @@ def device_id(devnum, path):
     if dm_uuid:
         return f"dm:{dm_uuid}"
     disk_dir, partition = _whole_disk(devnum)
-    wwid = _read(os.path.join(disk_dir, "wwid")) or _read(os.path.join(disk_dir, "device", "wwid"))
+    wwid = read_text(os.path.join(disk_dir, "wwid")) or read_text(os.path.join(disk_dir, "device", "wwid"))
     if wwid:
         return _on_partition(f"wwid:{wwid}", partition)
     udev = _udev_properties(devnum)
@@ -174,20 +174,13 @@ def _udev_properties(devnum):
     """E: lines of udev's database entry for block device devnum (empty
     without udev, or for a device number no device has: tmpfs, NFS)."""
     found = {}
-    text = _read(os.path.join(UDEV_DATA, f"b{devnum}"))
+    text = read_text(os.path.join(UDEV_DATA, f"b{devnum}"))
     for line in (text or "").splitlines():
         if line.startswith("E:"):
             key, _, value = line[2:].partition("=")
             found[key] = value
     return found
 
-
-def _read(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 

@@ -14,7 +14,7 @@ The filter replaces lvm.conf's devices/global_filter for our commands only.
 import os
 from collections import namedtuple
 
-from .blockdev import Devnum, read_attribute
+from .blockdev import Devnum, listdir, read_attribute, read_text
 from .errors import HotplugError
 
 # The tag on every LV xenblock makes: what cleanup and reuse look for. A
@@ -169,35 +169,22 @@ def _our_kernel_names():
     for marker in markers:
         if marker.startswith("loop") and marker[4:].isdigit():
             names += [marker, f"block/7:{marker[4:]}"]
-    for entry in _listdir(SYS_BLOCK):
+    for entry in listdir(SYS_BLOCK):
         if entry.startswith("dm-") and _is_ours(entry):
-            dev = _read(os.path.join(SYS_BLOCK, entry, "dev"))
+            dev = read_text(os.path.join(SYS_BLOCK, entry, "dev"))
             names += [entry] + ([f"block/{dev}"] if dev else [])
     return names
 
 
 def _is_ours(dm_entry):
-    uuid = _read(os.path.join(SYS_BLOCK, dm_entry, "dm", "uuid")) or ""
-    name = _read(os.path.join(SYS_BLOCK, dm_entry, "dm", "name")) or ""
+    uuid = read_text(os.path.join(SYS_BLOCK, dm_entry, "dm", "uuid")) or ""
+    name = read_text(os.path.join(SYS_BLOCK, dm_entry, "dm", "name")) or ""
     # An LV's dm name is <vg>-<lv> with the dashes inside each doubled: ours
     # hold "-xenblock--" (a VG whose own name holds that too is filtered as
     # well, which only keeps LVM from looking for PVs on its LVs).
     return uuid.startswith("XENBLOCK-") or (uuid.startswith("LVM-") and "-xenblock--" in name)
 
 
-def _listdir(path):
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
-
-
-def _read(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _run(argv, step, kind, deadline, log):
