@@ -20,9 +20,9 @@ FLAG_WORDS = {"1": True, "yes": True, "true": True, "on": True,
 
 Config = namedtuple(
     "Config", "log_file debug syslog direct_io cow_directory cow_size cow_max_size cow_sparse snapshot_max_size "
-              "fill_warning",
+              "fill_warning tap_outside_files",
     defaults=("/var/log/xen/xen-hotplug.log", False, True, True,
-              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False, None, 0.8))
+              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False, None, 0.8, False))
 
 
 class ConfigError(HotplugError):
@@ -76,6 +76,7 @@ SETTINGS = {
     ("cow", "max_size"): ("cow_max_size", _size),
     ("cow", "sparse"): ("cow_sparse", _flag),
     ("snapshot", "max_size"): ("snapshot_max_size", _size_or_none),
+    ("tap", "outside_files"): ("tap_outside_files", _flag),
 }
 SECTIONS = {section for section, _ in SETTINGS}
 
