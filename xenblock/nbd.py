@@ -90,6 +90,15 @@ class NbdError(HotplugError):
 def handshake(sock, what):
     """Negotiate the default export ("") on a connected stream socket;
     returns its Export. what names the server in errors."""
+    try:
+        return _negotiate(sock, what)
+    except socket.timeout:
+        raise NbdError(f"{what}: the NBD server did not answer in time") from None
+    except (BrokenPipeError, ConnectionResetError):
+        raise NbdError(f"{what}: the NBD server closed the connection during the handshake") from None
+
+
+def _negotiate(sock, what):
     magic, option_magic, flags = struct.unpack(">QQH", _receive(sock, 18, what))
     if magic != NBDMAGIC or option_magic != IHAVEOPT:
         raise NbdError(f"{what}: not an NBD server speaking the newstyle protocol")
@@ -133,10 +142,7 @@ def _option_reply(sock, option, what):
 def _receive(sock, size, what):
     data = b""
     while len(data) < size:
-        try:
-            chunk = sock.recv(size - len(data))
-        except socket.timeout:
-            raise NbdError(f"{what}: the NBD server did not answer in time") from None
+        chunk = sock.recv(size - len(data))
         if not chunk:
             raise NbdError(f"{what}: the NBD server closed the connection during the handshake")
         data += chunk
@@ -255,11 +261,15 @@ class Netlink:
 
     def _family_id(self):
         try:
-            found = self.request(lambda n: family_message(n, NBD_FAMILY), acknowledged=False)
+            return self.family_id(NBD_FAMILY)
         except OSError as e:
             if e.errno == errno.ENOENT:
                 raise NbdError("the kernel's nbd module is not loaded (no nbd netlink family)") from None
             raise
+
+    def family_id(self, name):
+        """The id of the generic netlink family name (CTRL_CMD_GETFAMILY)."""
+        found = self.request(lambda n: family_message(n, name), acknowledged=False)
         return struct.unpack("=H", found[CTRL_ATTR_FAMILY_ID][:2])[0]
 
     def connect(self, sock_fd, export, identifier):

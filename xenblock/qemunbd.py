@@ -34,7 +34,7 @@ import socket
 import struct
 import time
 
-from . import command
+from . import command, nbd
 from .deadline import start_ticks, stat_fields
 from .errors import HotplugError
 from .procfs import command_line
@@ -49,7 +49,8 @@ SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
 
 def start(build, image, fmt, writable, direct_io):
     """Start qemu-nbd serving image (qemu format fmt), recorded in build;
-    returns (the step, a socket connected to it)."""
+    returns (the step, a socket connected to it, the nbd.Export it
+    negotiated)."""
     directory = os.path.join(build.state.path, SUBDIRECTORY)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     token = os.urandom(8).hex()
@@ -62,7 +63,17 @@ def start(build, image, fmt, writable, direct_io):
     process = command.start(argv, what, stderr_path=step["log"])
     step.update(pid=process.pid, start_time=start_ticks(process.pid))
     build.save()
-    return step, _connected(step, process, writable, build.deadline)
+    sock = _connected(step, process, writable, build.deadline)
+    try:
+        return step, sock, nbd.handshake(sock, f"qemu-nbd serving {image}")
+    except nbd.NbdError:
+        sock.close()
+        # qemu-nbd listens before it has the image's lock: one that failed
+        # to open the image hangs up on us, and its log says why.
+        _wait_exit(process.pid, step["start_time"], build.deadline.capped(EXIT_GRACE_SECONDS))
+        if process.poll() is not None:
+            raise _start_failure(step, writable) from None
+        raise
 
 
 def _connected(step, process, writable, deadline):

@@ -75,14 +75,16 @@ def attach(spec, uses, request, build):
     if spec.format in LOOP_FORMATS:
         return file.attach(spec.path, uses, request, build)
     from .. import loop, nbd, qemunbd  # only the qemu formats
-    source = uses[0].source
-    direct_io = build.config.direct_io and loop.direct_io_works(source.fd)
-    daemon, sock = qemunbd.start(build, spec.path, QEMU_FORMATS[spec.format], request.writable, direct_io)
+    direct_io = build.config.direct_io and loop.direct_io_works(uses[0].source.fd)
+    daemon, sock, export = qemunbd.start(build, spec.path, QEMU_FORMATS[spec.format], request.writable,
+                                         direct_io)
     with sock:
-        export = nbd.handshake(sock, f"qemu-nbd serving {spec.path}")
-        warning = nbd.ensure_module(build.deadline)
-        sock.settimeout(None)  # the kernel's now: it waits on it as on a disk
-        devnum = build.nbd_device(sock, export)
+        try:
+            warning = nbd.ensure_module(build.deadline)
+            sock.settimeout(None)  # the kernel's now: it waits on it as on a disk
+            devnum = build.nbd_device(sock, export)
+        except nbd.NbdError as e:
+            raise HotplugError(f"{spec.path}: {e}") from None
     qemunbd.served(daemon, build)
     mode = "read-write" if request.writable else "read-only"
     detail = f"{spec.format} through qemu-nbd, {mode}, {'direct' if direct_io else 'buffered'} I/O"
