@@ -138,6 +138,31 @@ def undo(step, deadline):
         _unlink(path)
 
 
+def ours(state_path):
+    """(pid, socket path) of every qemu-nbd serving on a socket of ours
+    (under state_path/nbd), whatever its record says."""
+    prefix = f"--socket={os.path.join(state_path, SUBDIRECTORY)}/"
+    found = []
+    for pid in filter(str.isdigit, _listdir("/proc")):
+        words = command_line(pid).split()
+        socket_path = next((w.removeprefix("--socket=") for w in words if w.startswith(prefix)), None)
+        if socket_path and os.path.basename(words[0]) == "qemu-nbd" and _alive(int(pid), start_ticks(pid)):
+            found.append((int(pid), socket_path))
+    return found
+
+
+def running(step):
+    """Whether the qemu-nbd a step recorded still runs."""
+    return _server(step)[0] is not None
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
 def _server(step):
     """(pid, start ticks) of the recorded qemu-nbd if it still runs, else
     (None, None)."""
