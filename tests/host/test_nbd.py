@@ -2,6 +2,7 @@
 a real qemu-nbd, the netlink messages against the kernel's documented
 layout (linux/netlink.h, genetlink.h, nbd-netlink.h) and the kernel's own
 generic netlink controller, and the undo of a qemu-nbd step."""
+import contextlib
 import os
 import signal
 import socket
@@ -23,13 +24,25 @@ def image(tmp_path, fmt="qcow2", size="16M"):
     return path
 
 
+@contextlib.contextmanager
+def serving(argv):
+    """A process running argv, killed after (if it still runs)."""
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
 def serve(tmp_path, path, *options, fmt="qcow2"):
     """qemu-nbd on a unix socket, as block-tap starts it: (Popen, socket path)."""
     socket_path = str(tmp_path / "s.sock")
-    process = subprocess.Popen(["qemu-nbd", f"--format={fmt}", f"--socket={socket_path}", "--shared=1",
-                                *options, path], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    return process, socket_path
+    with serving(["qemu-nbd", f"--format={fmt}", f"--socket={socket_path}", "--shared=1", *options,
+                  path]) as process:
+        yield process, socket_path
 
 
 def connected(socket_path, process):
@@ -48,9 +61,8 @@ def connected(socket_path, process):
 
 @pytest.mark.parametrize("read_only", [False, True])
 def test_the_handshake_with_qemu_nbd_gives_size_and_flags(tmp_path, read_only):
-    process, socket_path = serve(tmp_path, image(tmp_path, size="24M"), "--discard=unmap",
-                                 *(["--read-only"] if read_only else []))
-    try:
+    with serve(tmp_path, image(tmp_path, size="24M"), "--discard=unmap",
+               *(["--read-only"] if read_only else [])) as (process, socket_path):
         with connected(socket_path, process) as sock:
             export = nbd.handshake(sock, "test")
             assert export.size == 24 << 20
@@ -61,9 +73,6 @@ def test_the_handshake_with_qemu_nbd_gives_size_and_flags(tmp_path, read_only):
             # A clean goodbye: qemu-nbd (not persistent) exits by itself.
             sock.sendall(nbd.disconnect_request())
         assert process.wait(timeout=10) == 0
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_a_server_that_is_not_nbd_is_refused(tmp_path):
@@ -169,35 +178,26 @@ def step_for(tmp_path, socket_path, **more):
 def test_undo_finds_a_qemu_nbd_whose_pid_was_never_saved_and_makes_it_exit(tmp_path):
     # An add killed between starting qemu-nbd and saving its pid: the
     # socket names the server (SO_PEERCRED), which gets SIGTERM and exits.
-    process, socket_path = serve(tmp_path, image(tmp_path))
-    try:
+    with serve(tmp_path, image(tmp_path)) as (process, socket_path):
         connected(socket_path, process).close()
         (tmp_path / "s.log").write_text("")
         qemunbd.undo(step_for(tmp_path, socket_path), Deadline.after(10))
         assert process.wait(timeout=5) == 0, "a clean exit, not a kill"
         assert not os.path.exists(socket_path) and not (tmp_path / "s.log").exists()
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_undo_never_signals_a_pid_that_names_another_process_now(tmp_path):
-    other = subprocess.Popen(["sleep", "60"])
-    try:
+    with serving(["sleep", "60"]) as other:
         step = step_for(tmp_path, str(tmp_path / "gone.sock"), pid=other.pid,
                         start_time=start_ticks(other.pid) - 1)
         qemunbd.undo(step, Deadline.after(5))
         assert other.poll() is None
-    finally:
-        other.kill()
-        other.wait()
 
 
 def test_undo_of_a_served_qemu_nbd_waits_for_it_to_exit_by_itself(tmp_path):
     # Its client (the kernel's connection, here ours) says goodbye; undo
     # then only waits: no signal reaches it.
-    process, socket_path = serve(tmp_path, image(tmp_path))
-    try:
+    with serve(tmp_path, image(tmp_path)) as (process, socket_path):
         sock = connected(socket_path, process)
         nbd.handshake(sock, "test")
         step = step_for(tmp_path, socket_path, pid=process.pid, start_time=start_ticks(process.pid), served=True)
@@ -212,20 +212,13 @@ def test_undo_of_a_served_qemu_nbd_waits_for_it_to_exit_by_itself(tmp_path):
         qemunbd.undo(step, Deadline.after(10))
         assert process.wait(timeout=5) == 0
         assert time.monotonic() - started >= 0.4, "it was waited for, not told to go"
-    finally:
-        process.kill()
-        process.wait()
 
 
 def test_a_qemu_nbd_that_will_not_exit_keeps_the_record(tmp_path):
-    process, socket_path = serve(tmp_path, image(tmp_path))
-    try:
+    with serve(tmp_path, image(tmp_path)) as (process, socket_path):
         connected(socket_path, process).close()
         os.kill(process.pid, signal.SIGSTOP)  # SIGTERM stays pending: it does not exit
         step = step_for(tmp_path, socket_path, pid=process.pid, start_time=start_ticks(process.pid))
         with pytest.raises(HotplugError, match=f"qemu-nbd \\(pid {process.pid}\\) serving img has not exited"):
             qemunbd.undo(step, Deadline.after(0.5))
         assert process.poll() is None and os.path.exists(socket_path)
-    finally:
-        process.kill()
-        process.wait()
