@@ -11,9 +11,8 @@ Its step is recorded before it starts (socket and log paths), and its pid
 and start time (/proc/PID/stat field 22) as soon as it runs: a pid alone
 may name another process by the time a remove comes, so no signal is ever
 sent to a pid whose start time differs. A run killed before the pid was
-saved leaves the socket: the server is found through it (SO_PEERCRED
-names the process listening on it) and its command line must name the
-socket.
+saved leaves the socket's path, random and under our directory: the
+server is the qemu-nbd whose command line names it.
 
 Options, and why:
   --shared=1, no --persistent: qemu-nbd exits by itself once its one
@@ -31,7 +30,6 @@ Options, and why:
 import os
 import signal
 import socket
-import struct
 import time
 
 from . import command, nbd
@@ -44,7 +42,6 @@ POLL_SECONDS = 0.05
 # How long a served qemu-nbd may take to flush and exit once its client
 # went, before it is asked to (SIGTERM) within what is left of the deadline.
 EXIT_GRACE_SECONDS = 3.0
-SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
 
 
 def start(build, image, fmt, writable, direct_io):
@@ -122,7 +119,8 @@ def undo(step, deadline):
     never exits by itself; it gets SIGTERM, on which qemu-nbd stops
     serving, flushes the image and exits as cleanly as after a disconnect.
     A connection of ours and an NBD_CMD_DISC would do the same, but a
-    server still holding a client (shared=1) never answers a second one.
+    server still holding a client (shared=1) never answers a second one,
+    and one killed before its pid was saved may not listen yet.
     Never SIGKILL: a killed writer may leave the image's metadata behind.
     """
     pid, ticks = _server(step)
@@ -141,11 +139,15 @@ def undo(step, deadline):
 def ours(state_path):
     """(pid, socket path) of every qemu-nbd serving on a socket of ours
     (under state_path/nbd), whatever its record says."""
-    prefix = f"--socket={os.path.join(state_path, SUBDIRECTORY)}/"
+    return _serving(os.path.join(state_path, SUBDIRECTORY) + "/")
+
+
+def _serving(prefix):
+    """(pid, socket path) of each live qemu-nbd whose --socket starts with prefix."""
     found = []
     for pid in filter(str.isdigit, _listdir("/proc")):
         words = command_line(pid).split()
-        socket_path = next((w.removeprefix("--socket=") for w in words if w.startswith(prefix)), None)
+        socket_path = next((w.removeprefix("--socket=") for w in words if w.startswith(f"--socket={prefix}")), None)
         if socket_path and os.path.basename(words[0]) == "qemu-nbd" and _alive(int(pid), start_ticks(pid)):
             found.append((int(pid), socket_path))
     return found
@@ -169,22 +171,11 @@ def _server(step):
     pid = step.get("pid")
     if pid is not None:
         return (pid, step["start_time"]) if _alive(pid, step["start_time"]) else (None, None)
-    pid = _listener(step["socket"])  # killed between starting it and saving its pid
-    if pid is None or step["socket"] not in command_line(pid):
-        return None, None
-    return pid, start_ticks(pid)
-
-
-def _listener(path):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.connect(path)
-        pid, _, _ = struct.unpack("=iII", sock.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, 12))
-        return pid or None
-    except (FileNotFoundError, ConnectionRefusedError):
-        return None
-    finally:
-        sock.close()
+    # Killed between starting it and saving its pid: found by the socket its
+    # command line names (a random name under our directory), which it may
+    # not have created yet.
+    pid = next((found for found, path in _serving(step["socket"]) if path == step["socket"]), None)
+    return (None, None) if pid is None else (pid, start_ticks(pid))
 
 
 def _alive(pid, ticks):

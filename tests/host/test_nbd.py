@@ -177,7 +177,7 @@ def step_for(tmp_path, socket_path, **more):
 
 def test_undo_finds_a_qemu_nbd_whose_pid_was_never_saved_and_makes_it_exit(tmp_path):
     # An add killed between starting qemu-nbd and saving its pid: the
-    # socket names the server (SO_PEERCRED), which gets SIGTERM and exits.
+    # socket path in its command line names it; it gets SIGTERM and exits.
     with serve(tmp_path, image(tmp_path)) as (process, socket_path):
         connected(socket_path, process).close()
         (tmp_path / "s.log").write_text("")
