@@ -80,7 +80,7 @@ class Build:
 
     def nbd_device(self, sock, export):
         """An nbd device of this disk's own, connected to the NBD server on
-        the negotiated socket sock; its Devnum. The kernel picks the device;
+        the negotiated socket sock; its (node, Devnum). The kernel picks the device;
         the step names it by its backend identifier (our mark), which finds
         it even if the run is killed before the index is saved."""
         from . import nbd  # only block-tap's qemu formats
@@ -89,7 +89,7 @@ class Build:
         devnum = nbd.devnum(index)
         step.update(node=nbd.node(index), index=index, devnum=str(devnum), diskseq=diskseq(devnum))
         self.save()
-        return devnum
+        return step["node"], devnum
 
 
 def undo_loop(step, state, deadline):

@@ -82,14 +82,13 @@ def attach(spec, uses, request, build):
         try:
             warning = nbd.ensure_module(build.deadline)
             sock.settimeout(None)  # the kernel's now: it waits on it as on a disk
-            devnum = build.nbd_device(sock, export)
+            node, devnum = build.nbd_device(sock, export)
         except nbd.NbdError as e:
             raise HotplugError(f"{spec.path}: {e}") from None
     qemunbd.served(daemon, build)
     mode = "read-write" if request.writable else "read-only"
     detail = f"{spec.format} through qemu-nbd, {mode}, {'direct' if direct_io else 'buffered'} I/O"
-    return Device(nbd.node(build.record["steps"][-1]["index"]), devnum,
-                  f"{detail}; {warning}" if warning else detail)
+    return Device(node, devnum, f"{detail}; {warning}" if warning else detail)
 
 
 def _image_info(spec, deadline, chain):
