@@ -181,6 +181,7 @@ def test_xenblock_cleanup_makes_a_qemu_nbd_of_ours_no_record_names_exit(driver, 
                for path in (ours, users)]
     try:
         while not (os.path.exists(ours) and os.path.exists(users)):
+            assert all(process.poll() is None for process in started), "a qemu-nbd did not start"
             time.sleep(0.05)
         assert f"qemu-nbd pid {started[0].pid} ({ours})" in status(driver).stdout
         done = cleanup(driver)
