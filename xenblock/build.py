@@ -10,7 +10,7 @@ import errno
 import os
 
 from . import locks, loop, twin
-from .blockdev import Devnum, holders
+from .blockdev import Devnum, diskseq, holders
 from .errors import HotplugError
 
 
@@ -78,6 +78,19 @@ class Build:
         self.save()
         return devnum
 
+    def nbd_device(self, sock, export):
+        """An nbd device of this disk's own, connected to the NBD server on
+        the negotiated socket sock; its (node, Devnum). The kernel picks the device;
+        the step names it by its backend identifier (our mark), which finds
+        it even if the run is killed before the index is saved."""
+        from . import nbd  # only block-tap's qemu formats
+        step = self.intend("nbd", backend=loop.mark_for(self.record["key"]))
+        index = nbd.connect(sock, export, step["backend"], self.deadline)
+        devnum = nbd.devnum(index)
+        step.update(node=nbd.node(index), index=index, devnum=str(devnum), diskseq=diskseq(devnum))
+        self.save()
+        return step["node"], devnum
+
 
 def undo_loop(step, state, deadline):
     node = step.get("node")
@@ -116,6 +129,16 @@ def undo_dm(step, state, deadline):
         raise _still_in_use(step["node"], Devnum.parse(step["devnum"]), "it cannot be removed while open") from e
 
 
+def undo_nbd(step, state, deadline):
+    from . import nbd
+    nbd.disconnect(step["backend"], deadline)
+
+
+def undo_qemu_nbd(step, state, deadline):
+    from . import qemunbd
+    qemunbd.undo(step, deadline)
+
+
 def undo_unlink(step, state, deadline):
     try:
         os.unlink(step["path"])
@@ -137,7 +160,7 @@ def undo_lvsnap(step, state, deadline):
 
 # Undo functions by the name a step records; each is safe to run again.
 UNDO = {"loop": undo_loop, "shared_loop": undo_shared_loop, "dm": undo_dm, "unlink": undo_unlink,
-        "lvsnap": undo_lvsnap}
+        "lvsnap": undo_lvsnap, "nbd": undo_nbd, "qemu_nbd": undo_qemu_nbd}
 
 
 def teardown(record, state, deadline):

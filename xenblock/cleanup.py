@@ -10,8 +10,12 @@ Two kinds of leftover, each provably xenblock's:
     /run, or a run was killed in an older version): a loop device whose
     name field carries our mark (xenblock:...), a device-mapper device whose
     UUID starts XENBLOCK-, a snapshot LV tagged xenblock and not kept (no
-    xenblock-kept tag). A user's own loop and dm devices and LVs carry
-    none of these, whatever their names.
+    xenblock-kept tag), an nbd device connected with our backend
+    identifier (xenblock:...), and a qemu-nbd process serving on a socket
+    under /run/xenblock/nbd (disconnected, it exits by itself; one that
+    never had a client is sent SIGTERM, on which qemu-nbd flushes the image
+    and exits). A user's own devices, LVs and qemu-nbd carry none of these,
+    whatever their names.
 Nothing still in use is touched (a guest's blkback, a dom0 mount, a process,
 a device stacked on it), and nothing a user keeps: undoing a record removes
 only what its add made (never a base image, a CoW file, a kept snapshot).
@@ -22,23 +26,29 @@ named by a record read after it.
 """
 from collections import namedtuple
 
-from . import build, dm, locks, loop, lvm
+from . import build, dm, locks, loop, lvm, nbd, qemunbd
 from .blockdev import diskseq
-from .deadline import Deadline
+from .deadline import Deadline, start_ticks
 from .errors import HotplugError
 
 # What cleanup found: what (for a person), done (None: only listed, True:
 # taken down, False: left, with why).
 Action = namedtuple("Action", "what done why")
+# block-tap's leftovers: devices [(index, backend identifier)] and daemons
+# [(pid, socket path)].
+Served = namedtuple("Served", "devices daemons")
 STEP_SECONDS = 30
 
 
 def run(state, xs, dry_run=False):
     """The Actions taken (or, with dry_run, that would be)."""
-    records, devices, loops, volumes = unrecorded(state)
+    records, devices, loops, volumes, served = unrecorded(state)
     actions = [_record(record, state, xs, dry_run) for record in records
                if xs.read(f"{record['key']}/frontend-id") is None]
     actions += [_volume(volume, dry_run) for volume in volumes]
+    # Devices before the daemons serving them: a disconnected qemu-nbd exits by itself.
+    actions += [_nbd(index, mark, dry_run) for index, mark in served.devices]
+    actions += [_qemu_nbd(pid, path, dry_run) for pid, path in served.daemons]
     removed = [_device(device, state, dry_run) for device in devices]
     # A dry run takes nothing down: a loop device under a device-mapper
     # device it would remove first is not held by that one.
@@ -51,17 +61,24 @@ def unrecorded(state):
     """(the records, the device-mapper devices of ours that none names (as
     dm.Listed), the loop devices of ours that none names ((node, Devnum,
     mark)), the snapshot LVs of ours that none names and that are not kept
-    (lvm.Volume)); the kernel scanned first (see the module's doc)."""
+    (lvm.Volume), block-tap's nbd devices and qemu-nbd processes that none
+    names (Served)); the kernel scanned first (see the module's doc)."""
     loops, devices, volumes = _our_loops(), _our_dm_devices(), _our_volumes()
+    nbds, daemons = nbd.ours(), qemunbd.ours(state.path)
     records = state.records()
-    recorded = {(step.get("vg"), step.get("lv")) for record in records for step in record["steps"]}
+    steps = [step for record in records for step in record["steps"]]
+    recorded = {(step.get("vg"), step.get("lv")) for step in steps}
     volumes = [volume for volume in volumes if (volume.vg, volume.name) not in recorded
                and lvm.KEEP_TAG not in volume.tags]
-    named = {(step.get("node"), step.get("diskseq")) for record in records for step in record["steps"]}
-    uuids = {step.get("uuid") for record in records for step in record["steps"]}
+    named = {(step.get("node"), step.get("diskseq")) for step in steps}
+    uuids = {step.get("uuid") for step in steps}
+    backends = {step.get("backend") for step in steps}
+    sockets = {step.get("socket") for step in steps}
+    served = Served([(index, mark) for index, mark in nbds if mark not in backends],
+                    [(pid, path) for pid, path in daemons if path not in sockets])
     return (records, [device for device in devices if device.uuid not in uuids],
             [(node, devnum, mark) for node, devnum, mark in loops
-             if (node, diskseq(devnum)) not in named and (node, None) not in named], volumes)
+             if (node, diskseq(devnum)) not in named and (node, None) not in named], volumes, served)
 
 
 def _record(record, state, xs, dry_run):
@@ -120,6 +137,33 @@ def _loop(node, devnum, mark, state, dry_run, going):
     try:
         build.undo_loop({"undo": "loop", "node": node, "diskseq": diskseq(devnum), "mark": mark}, state,
                         Deadline.after(STEP_SECONDS))
+    except HotplugError as e:
+        return Action(what, False, str(e))
+    return Action(what, True, None)
+
+
+def _nbd(index, mark, dry_run):
+    what = f"nbd device {nbd.node(index)} ({mark}), no record names it"
+    users = _users(nbd.devnum(index))
+    if users:
+        return Action(what, False, f"in use by {users}")
+    if dry_run:
+        return Action(what, None, None)
+    try:
+        nbd.disconnect(mark, Deadline.after(STEP_SECONDS))
+    except HotplugError as e:
+        return Action(what, False, str(e))
+    return Action(what, True, None)
+
+
+def _qemu_nbd(pid, path, dry_run):
+    what = f"qemu-nbd (pid {pid}) serving on {path}, no record names it"
+    if dry_run:
+        return Action(what, None, None)
+    step = {"socket": path, "log": path.removesuffix(".sock") + ".log", "image": f"the image of pid {pid}",
+            "pid": pid, "start_time": start_ticks(pid), "served": True}
+    try:
+        qemunbd.undo(step, Deadline.after(STEP_SECONDS))
     except HotplugError as e:
         return Action(what, False, str(e))
     return Action(what, True, None)

@@ -54,16 +54,26 @@ def run(argv, step, deadline, needs, log=None, env=None):
     return done.stdout
 
 
-def start(argv, step):
+def start(argv, step, stderr_path=None):
     """Start argv as a daemon that outlives the script (qemu-nbd): its own
     session, every standard stream on /dev/null (an inherited pipe would
-    keep `xl create | tee` waiting for it). Returns the Popen."""
+    keep `xl create | tee` waiting for it), but stderr, given stderr_path,
+    appended to that file: a file holds no reader waiting, and keeps what
+    the daemon says when it fails to start. Returns the Popen."""
+    try:
+        err = subprocess.DEVNULL if stderr_path is None else os.open(
+            stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise HotplugError(f"{step} failed: cannot open {stderr_path}: {e.strerror}") from None
     try:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
+                                stderr=err, close_fds=True, start_new_session=True,
                                 env=_environment(None))
     except OSError as e:
         raise HotplugError(f"{step} failed: cannot run {argv[0]}: {e.strerror}") from None
+    finally:
+        if stderr_path is not None:
+            os.close(err)
 
 
 # libxl's environment may lack the sbin directories, where LVM's tools are.

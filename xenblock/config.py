@@ -20,9 +20,9 @@ FLAG_WORDS = {"1": True, "yes": True, "true": True, "on": True,
 
 Config = namedtuple(
     "Config", "log_file debug syslog direct_io cow_directory cow_size cow_max_size cow_sparse snapshot_max_size "
-              "fill_warning lvsnap_keep lvsnap_keep_origins lvsnap_live_origin",
+              "fill_warning lvsnap_keep lvsnap_keep_origins lvsnap_live_origin tap_outside_files",
     defaults=("/var/log/xen/xen-hotplug.log", False, True, True,
-              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False, None, 0.8, False, frozenset(), False))
+              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False, None, 0.8, False, frozenset(), False, False))
 
 
 class ConfigError(HotplugError):
@@ -88,6 +88,7 @@ SETTINGS = {
     ("lvsnap", "keep"): ("lvsnap_keep", _flag),
     ("lvsnap", "keep_origins"): ("lvsnap_keep_origins", _origins),
     ("lvsnap", "live_origin"): ("lvsnap_live_origin", _flag),
+    ("tap", "outside_files"): ("tap_outside_files", _flag),
 }
 SECTIONS = {section for section, _ in SETTINGS}
 

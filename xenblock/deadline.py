@@ -41,13 +41,27 @@ class Deadline:
 
 
 def process_age():
-    """Seconds since this process was forked (exec keeps the start time).
+    """Seconds since this process was forked (exec keeps the start time)."""
+    started = start_ticks("self") / os.sysconf("SC_CLK_TCK")
+    return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
 
-    /proc/self/stat's 22nd field is the start in clock ticks since boot, on
-    the clock CLOCK_BOOTTIME reads. The command name (field 2) may hold spaces
+
+def start_ticks(pid):
+    """When process pid started, in clock ticks since boot (on the clock
+    CLOCK_BOOTTIME reads); with the pid, an identity no later process
+    shares. None if there is no such process.
+
+    /proc/PID/stat's 22nd field. The command name (field 2) may hold spaces
     and parentheses, so fields are counted after its closing parenthesis.
     """
-    with open("/proc/self/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def stat_fields(pid):
+    """/proc/PID/stat from field 3 (the state) on; None if pid is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None

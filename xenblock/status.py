@@ -7,12 +7,13 @@ they disagree the row says so: a record whose device is gone, a record whose
 backend is gone from xenstore (a guest destroyed while its remove did not
 run or failed: `xenblock cleanup` takes it down), and a device of ours that
 no record names (a loop device with our marker, a device-mapper device with
-our UUID prefix).
+our UUID prefix, an nbd device with our backend identifier, a qemu-nbd
+serving on a socket of ours).
 """
 import os
 from collections import namedtuple
 
-from . import dm, fill
+from . import dm, fill, nbd, qemunbd
 from .blockdev import Devnum, diskseq
 
 # One disk: its backend path (key), guest name and domid, vdev, script,
@@ -25,10 +26,12 @@ def rows(state, xs):
     """A Row for each record, then one for each device of ours no record
     names (key None)."""
     from .cleanup import unrecorded
-    records, devices, loops, volumes = unrecorded(state)
+    records, devices, loops, volumes, served = unrecorded(state)
     levels = {key: level for level in fill.levels(state) for key in level.keys}
     found = [_row(record, xs, levels.get(record["key"])) for record in records]
     strays = [f"{dm.node(device.devnum)} ({device.name})" for device in devices]
+    strays += [f"{nbd.node(index)} ({mark})" for index, mark in served.devices]
+    strays += [f"qemu-nbd pid {pid} ({path})" for pid, path in served.daemons]
     strays += [f"{node} ({mark})" for node, _, mark in loops] + [volume.full_name for volume in volumes]
     return found + [_stray(node) for node in strays]
 
@@ -44,6 +47,8 @@ def _row(record, xs, level):
                         "failed): `xenblock cleanup` takes it down")
     devices = []
     for step in record["steps"]:
+        if step["undo"] == "qemu_nbd" and not qemunbd.running(step):
+            problems.append(f"its qemu-nbd (pid {step.get('pid')}) serving {step['image']} is gone")
         if "node" not in step:
             continue
         devices.append(f"{step['node']} ({step['devnum']})" if "devnum" in step else step["node"])

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from tests.support.cases import loops_of
 from tests.support.fixtures import foreign_loop
@@ -167,3 +168,29 @@ def test_xenblock_config_without_a_file_shows_the_defaults_and_a_mistake_fails_i
     assert broken.returncode == 1
     assert f"{config} line 2: '2X'" in broken.stderr
     assert "max_size = 8G" in broken.stdout and "size = 1G" in broken.stdout  # the good line counts, the bad does not
+
+
+def test_xenblock_cleanup_makes_a_qemu_nbd_of_ours_no_record_names_exit(driver, tmp_path):
+    # block-tap's daemon left by a run whose record was lost: found by its
+    # socket under /run/xenblock/nbd, asked to exit (it flushes and does),
+    # its socket gone; a user's own qemu-nbd elsewhere is not touched.
+    image = str(tmp_path / "lost.qcow2")
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", image, "4M"], check=True, capture_output=True)
+    os.makedirs(f"{driver.state_dir}/nbd", exist_ok=True)
+    ours, users = f"{driver.state_dir}/nbd/lost.sock", str(tmp_path / "user.sock")
+    started = [subprocess.Popen(["qemu-nbd", "-f", "qcow2", f"--socket={path}", "--read-only", image],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for path in (ours, users)]
+    try:
+        while not (os.path.exists(ours) and os.path.exists(users)):
+            assert all(process.poll() is None for process in started), "a qemu-nbd did not start"
+            time.sleep(0.05)
+        assert f"qemu-nbd pid {started[0].pid} ({ours})" in status(driver).stdout
+        done = cleanup(driver)
+        assert f"took down qemu-nbd (pid {started[0].pid}) serving on {ours}" in done.stdout, done
+        assert started[0].wait(timeout=10) == 0 and not os.path.exists(ours)
+        assert started[1].poll() is None
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()

@@ -1,7 +1,10 @@
 """block-tap on the host: raw/aio through a loop device (block-file's way),
-and the refusals of the qemu formats, which qemu-img decides before any
-kernel object exists (no nbd module on the host)."""
+the refusals of the qemu formats, which qemu-img decides before any kernel
+object exists, and a real qemu-nbd started and taken down again when the
+add cannot go on (the host has no nbd module: the VM tier connects one)."""
+import os
 import subprocess
+import time
 
 import pytest
 
@@ -91,9 +94,52 @@ def test_a_vmdk_with_an_extent_elsewhere_is_refused(driver, tmp_path):
     assert_failed(driver.add(key, script=SCRIPT), driver, key, "extent", "flat-flat.vmdk")
 
 
-def test_a_valid_qcow2_is_refused_as_not_served_yet_and_nothing_is_left(driver, tmp_path):
+def qemu_nbd_processes(path):
+    """pids of live qemu-nbd processes whose command line names path."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = f.read().decode(errors="replace").split("\0")
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if os.path.basename(words[0]) == "qemu-nbd" and path in words and state != "Z":
+            found.append(int(pid))
+    return found
+
+
+needs_no_nbd = pytest.mark.skipif(os.path.exists("/sys/module/nbd"), reason="the host has an nbd module")
+
+
+@needs_no_nbd
+def test_with_no_nbd_module_add_fails_saying_so_and_its_qemu_nbd_is_gone(driver, tmp_path):
+    # qemu-nbd was started and negotiated with before the module was
+    # looked for: the failed add's undo must make it exit.
     path = qemu_image(tmp_path / "ok.qcow2", "qcow2")
     key = driver.backend(f"qcow2:{path}", script=SCRIPT)
-    assert_failed(driver.add(key, script=SCRIPT), driver, key, "qemu-nbd", "not do yet")
+    assert_failed(driver.add(key, script=SCRIPT), driver, key, path, "nbd module is missing", "modprobe")
     assert driver.record(key) is None
+    assert qemu_nbd_processes(path) == []
+    assert [name for name in driver.state_files() if "/nbd/" in name] == []
     assert driver.remove(key, script=SCRIPT).returncode == 0
+
+
+def test_an_image_another_qemu_writes_is_refused_by_qemus_lock(driver, tmp_path):
+    path = qemu_image(tmp_path / "held.qcow2", "qcow2")
+    socket_path = str(tmp_path / "theirs.sock")
+    theirs = subprocess.Popen(["qemu-nbd", "-f", "qcow2", "--socket", socket_path, "--persistent", path],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not os.path.exists(socket_path):
+            assert theirs.poll() is None
+            time.sleep(0.05)
+        key = driver.backend(f"qcow2:{path}", script=SCRIPT)
+        assert_failed(driver.add(key, script=SCRIPT), driver, key, path,
+                      "already in use by another program holding qemu's lock", "refusing read-write access")
+        assert driver.record(key) is None
+        assert qemu_nbd_processes(path) == [theirs.pid]
+    finally:
+        theirs.terminate()
+        theirs.wait()

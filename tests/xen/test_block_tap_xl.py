@@ -1,8 +1,16 @@
-"""block-tap as xl uses it: a raw image through a real guest, and a qcow2
-image that is not one refused by xl create with nothing left (the leak
-check wraps each test)."""
+"""block-tap as xl uses it: a raw image through a real guest, qemu formats
+through qemu-nbd and the kernel's nbd driver, images that are not what they
+are named refused by xl create with nothing left (the leak check wraps each
+test: no nbd connection, qemu-nbd process or file under /run may remain)."""
+import os
+import subprocess
+import time
+
 from tests.support.fixtures import read_at
-from tests.xen.xl import create_fails, disk, run_guest
+from tests.xen.xl import create_fails, disk, paused_guest, run_guest
+from xenblock import nbd
+from xenblock.deadline import start_ticks
+from xenblock.state import StateDir
 
 MARK = b"xenblock-tap-guest-marker"
 
@@ -22,3 +30,104 @@ def test_a_raw_image_named_qcow2_fails_xl_create_naming_it(images, tmp_path):
     path = images("tap-not-qcow2.img", MARK)
     output = create_fails(tmp_path, [disk(f"qcow2:{path}", script="block-tap")])
     assert f"{path}: not a valid qcow2 image" in output, output
+
+
+WRITTEN = b"written-by-guest"
+
+
+def qemu_image(images, name, fmt, head):
+    """A fmt image whose first bytes are head (converted from a raw one)."""
+    raw = images(f"{name}.raw", head)
+    path = raw.removesuffix(".raw") + f".{fmt}"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, raw, path], check=True, capture_output=True)
+    return path
+
+
+def guest_bytes(path, fmt, offset, size):
+    """What the image holds at offset, read by qemu-img (the guest's view)."""
+    raw = path + ".check"
+    subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", path, raw], check=True, capture_output=True)
+    try:
+        return read_at(raw, offset, size)
+    finally:
+        os.unlink(raw)
+
+
+def test_a_guest_reads_and_writes_a_qcow2_image_through_qemu_nbd(images, tmp_path):
+    # After destroy qemu-img finds the guest's write in the image (its
+    # fsync got through qemu-nbd's flush), and the leak check finds no nbd
+    # connection, qemu-nbd process or file under /run left.
+    qcow2 = qemu_image(images, "tap-guest", "qcow2", MARK)
+    snippet = (f"head -c {len(MARK)} /dev/xvda; echo; "
+               f"echo {WRITTEN.decode()} | dd of=/dev/xvda bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null; "
+               "echo write-status $?")
+    lines, status = run_guest(tmp_path, [disk(f"qcow2:{qcow2}", script="block-tap")], snippet)
+    assert status == 0, lines
+    assert lines == [MARK.decode(), "write-status 0"], lines
+    assert guest_bytes(qcow2, "qcow2", 2048 * 512, len(WRITTEN)) == WRITTEN
+    assert not os.listdir("/run/xenblock/nbd")
+
+
+def test_a_paused_guests_nbd_device_is_ours_hidden_from_udev_and_read_only_as_asked(images, tmp_path):
+    path = qemu_image(images, "tap-paused", "vpc", MARK)
+    with paused_guest(tmp_path, [disk(f"vhd:{path}", access="r", script="block-tap")]):
+        [(index, backend)] = nbd.ours()
+        assert backend.startswith("xenblock:backend/vbd/")
+        assert nbd.sysfs(index, "ro") == "1"
+        with open("/sys/module/nbd/parameters/max_part") as f:
+            assert f.read().strip() == "0", "loaded by block-tap with partition scanning off"
+        subprocess.run(["udevadm", "settle", "--timeout=30"], check=False)
+        udev = subprocess.run(["udevadm", "info", "--query=property", f"/dev/nbd{index}"],
+                              capture_output=True, text=True).stdout
+        assert "XENBLOCK_GUEST_DISK=1" in udev, udev
+        # Its qemu-nbd is recorded by pid and start time, its own session.
+        record = next(r for r in StateDir().records() if r["target"] == f"vhd:{path}")
+        daemon = next(step for step in record["steps"] if step["undo"] == "qemu_nbd")
+        assert start_ticks(daemon["pid"]) == daemon["start_time"] and daemon["served"]
+        assert os.getsid(daemon["pid"]) == daemon["pid"]
+        assert "--read-only" in open(f"/proc/{daemon['pid']}/cmdline").read().split("\0")
+
+
+def test_a_corrupt_qcow2_fails_xl_create_naming_it_and_leaves_nothing(images, tmp_path):
+    path = qemu_image(images, "tap-corrupt", "qcow2", MARK)
+    with open(path, "r+b") as f:
+        f.seek(4)
+        f.write(b"\0\0\0\x63")  # version 99
+    output = create_fails(tmp_path, [disk(f"qcow2:{path}", script="block-tap")])
+    assert f"{path}: not a valid qcow2 image" in output, output
+
+
+def test_an_add_killed_once_qemu_nbd_runs_is_undone_by_remove(driver, images):
+    # libxl's SIGKILL may come at any moment; here once qemu-nbd has been
+    # started (its pid perhaps saved, the device perhaps connected).
+    path = qemu_image(images, "tap-killed", "qcow2", MARK)
+    for delay in (0.0, 0.5, 1.5):
+        key = driver.backend(f"qcow2:{path}", script="block-tap")
+        add = subprocess.Popen([f"{driver.script_dir}/block-tap", "add"], env={
+            "PATH": os.environ["PATH"], **driver.env, "XENBUS_TYPE": "vbd", "XENBUS_PATH": key,
+            "XENBUS_BASE_PATH": "backend", "script": f"{driver.script_dir}/block-tap"},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not qemu_nbd_running(path) and add.poll() is None:
+            time.sleep(0.02)
+        time.sleep(delay)
+        add.kill()
+        add.wait()
+        result = driver.remove(key, script="block-tap")
+        assert result.returncode == 0, (delay, result.stderr)
+        assert not qemu_nbd_running(path) and nbd.ours() == [] and driver.record(key) is None, delay
+        driver.destroy_backend(key)
+
+
+def qemu_nbd_running(path):
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = f.read().decode(errors="replace").split("\0")
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+        except OSError:
+            continue
+        if os.path.basename(words[0]) == "qemu-nbd" and path in words:
+            return True
+    return False
