@@ -38,6 +38,12 @@ if mountpoint -q /etc/lvm; then
     umount /etc/lvm || die "cannot unmount virtme's /etc/lvm"
 fi
 
+# A Debian host runs dmeventd from boot (dm-event.socket), and LVM has it
+# watch snapshots and thin pools. virtme's init starts no services, so the
+# first lvcreate would start it in whichever test came first, and the leak
+# check would count the daemon and its fifos against that test.
+dmeventd || die "dmeventd does not start"
+
 # block-cow's stores go to /var/lib/xenblock/cow, on a host's local disk. Here
 # /var is virtme's overlay, which cannot make unnamed files (O_TMPFILE) before
 # Linux 6.6: a tmpfs stands in for the disk, as ext4 or xfs would.
