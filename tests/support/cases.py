@@ -21,6 +21,17 @@ from xenblock.blockdev import Devnum
 DOM_A, DOM_B, DOM_C = 30001, 30002, 30003
 
 
+def settings_env(driver, tmp_path, section, **settings):
+    """The environment of a run with the tier's config plus settings in
+    [section] (a config file of its own under tmp_path)."""
+    base = driver.env.get("XENBLOCK_CONFIG", "/etc/xenblock/xenblock.conf")
+    with open(base) as f:
+        text = f.read()
+    config = tmp_path / f"{section}.conf"
+    config.write_text(text + f"\n[{section}]\n" + "".join(f"{name} = {value}\n" for name, value in settings.items()))
+    return {"XENBLOCK_CONFIG": str(config)}
+
+
 def physical(driver, key):
     return Devnum.parse(driver.read(f"{key}/physical-device"), base=16)
 

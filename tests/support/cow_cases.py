@@ -13,7 +13,7 @@ checks the store directory.
 """
 import os
 
-from tests.support.cases import DOM_A, DOM_B, assert_failed
+from tests.support.cases import DOM_A, DOM_B, assert_failed, settings_env
 
 SCRIPT = "block-cow"
 
@@ -22,12 +22,7 @@ def cow_env(driver, tmp_path, **settings):
     """The environment of a run with the tier's config plus [cow] settings
     (directory: tmp_path/cow unless given)."""
     settings.setdefault("directory", str(tmp_path / "cow"))
-    base = driver.env.get("XENBLOCK_CONFIG", "/etc/xenblock/xenblock.conf")
-    with open(base) as f:
-        text = f.read()
-    config = tmp_path / "cow.conf"
-    config.write_text(text + "\n[cow]\n" + "".join(f"{name} = {value}\n" for name, value in settings.items()))
-    return {"XENBLOCK_CONFIG": str(config)}
+    return settings_env(driver, tmp_path, "cow", **settings)
 
 
 def refused(driver, tmp_path, target, *words, env=None, frontend_id=DOM_A):

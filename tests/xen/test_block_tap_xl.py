@@ -6,7 +6,9 @@ import os
 import subprocess
 import time
 
+from tests.support.cases import DOM_A, DOM_B, assert_failed, settings_env
 from tests.support.fixtures import read_at
+from tests.vm import guest
 from tests.xen.xl import create_fails, disk, paused_guest, run_guest
 from xenblock import nbd
 from xenblock.deadline import start_ticks
@@ -53,18 +55,28 @@ def guest_bytes(path, fmt, offset, size):
         os.unlink(raw)
 
 
-def test_a_guest_reads_and_writes_a_qcow2_image_through_qemu_nbd(images, tmp_path):
-    # After destroy qemu-img finds the guest's write in the image (its
-    # fsync got through qemu-nbd's flush), and the leak check finds no nbd
-    # connection, qemu-nbd process or file under /run left.
+def test_a_guest_writes_a_qcow2_image_and_is_refused_writing_a_read_only_vhd(images, tmp_path):
+    # One guest, two nbd disks, each with its own qemu-nbd: xvda a qcow2
+    # read-write, xvdb a vhd with access=r that the guest tries to write
+    # (its kernel refuses: blkfront marks the disk read-only). After
+    # destroy qemu-img finds the guest's write in the qcow2 (its fsync got
+    # through qemu-nbd's flush), the vhd is unchanged, and the leak check
+    # finds no nbd connection, qemu-nbd process or file under /run left.
     qcow2 = qemu_image(images, "tap-guest", "qcow2", MARK)
-    snippet = (f"head -c {len(MARK)} /dev/xvda; echo; "
+    vhd = qemu_image(images, "tap-ro", "vpc", MARK)
+    snippet = (f"head -c {len(MARK)} /dev/xvda; echo; head -c {len(MARK)} /dev/xvdb; echo; "
                f"echo {WRITTEN.decode()} | dd of=/dev/xvda bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null; "
-               "echo write-status $?")
-    lines, status = run_guest(tmp_path, [disk(f"qcow2:{qcow2}", script="block-tap")], snippet)
+               "echo write-status $?; "
+               "echo nope | dd of=/dev/xvdb bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null; "
+               "echo ro-write-status $?; cat /sys/block/xvdb/ro")
+    lines, status = run_guest(tmp_path, [disk(f"qcow2:{qcow2}", script="block-tap"),
+                                         disk(f"vhd:{vhd}", vdev="xvdb", access="r", script="block-tap")],
+                              snippet)
     assert status == 0, lines
-    assert lines == [MARK.decode(), "write-status 0"], lines
+    assert lines[:3] == [MARK.decode(), MARK.decode(), "write-status 0"], lines
+    assert lines[3] != "ro-write-status 0" and lines[4] == "1", lines
     assert guest_bytes(qcow2, "qcow2", 2048 * 512, len(WRITTEN)) == WRITTEN
+    assert guest_bytes(vhd, "vpc", 2048 * 512, 4) == bytes(4)
     assert not os.listdir("/run/xenblock/nbd")
 
 
@@ -131,3 +143,60 @@ def qemu_nbd_running(path):
         if os.path.basename(words[0]) == "qemu-nbd" and path in words:
             return True
     return False
+
+
+EXT2_MAGIC = "dd if=/dev/xvda bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1"
+
+
+def test_pygrub_boots_a_guest_from_a_vhd_image_through_block_tap(driver, tmp_path):
+    # libxl attaches the disk to dom0 first and pygrub reads the kernel
+    # from its physical-device-path (/dev/nbdN, through qemu-nbd's vpc
+    # driver); then it is detached (that qemu-nbd exits, releasing qemu's
+    # lock) and attached to the guest, which sees the ext2 file system at
+    # the disk's start: the image read as vhd, not as the raw file (which
+    # starts with the vhd footer's copy).
+    raw = str(tmp_path / "pygrub-boot.raw")
+    guest.write_boot_disk(raw)
+    path = str(tmp_path / "pygrub-boot.vhd")
+    # vpc rounds the disk's size up to a CHS geometry: the disk is a few
+    # sectors larger than the raw image, which the file system ignores.
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", raw, path], check=True, capture_output=True)
+    os.unlink(raw)
+    start = driver.log_offset()
+    lines, status = run_guest(tmp_path, [disk(f"vhd:{path}", script="block-tap")], EXT2_MAGIC, bootloader="pygrub")
+    assert status == 0 and lines[0].split() == ["53", "ef"], lines
+    ours = [line for line in driver.log_since(start) if path in line]
+    adds = [line for line in ours if " add " in line]
+    assert len(adds) == 2 and len([line for line in ours if " remove " in line]) == 2, ours
+    assert "for domain 0 (Domain-0)" in adds[0] and "for domain 0" not in adds[1], adds
+    assert all("through qemu-nbd" in line for line in adds), adds
+
+
+def test_outside_files_yes_serves_a_qcow2_over_its_backing_file_a_read_only_user(driver, images, tmp_path):
+    # Refused by default (tests/host/test_block_tap.py). With the setting,
+    # the overlay is served with its backing file's data under it, writes
+    # go to the overlay only, and the backing file is a read-only user to
+    # the sharing check: another domain may read it, not write it.
+    base = images("tap-base.raw", MARK)
+    overlay = str(tmp_path / "tap-overlay.qcow2")
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-b", base, "-F", "raw", overlay],
+                   check=True, capture_output=True)
+    before = read_at(base)
+    env = settings_env(driver, tmp_path, "tap", outside_files="yes")
+    key = driver.backend(f"qcow2:{overlay}", frontend_id=DOM_A, script="block-tap")
+    result = driver.add(key, script="block-tap", env=env)
+    assert result.returncode == 0, result.stderr
+    node = driver.read(f"{key}/physical-device-path")
+    assert read_at(node, 0, len(MARK)) == MARK
+    with open(node, "r+b") as f:
+        f.seek(2048 * 512)
+        f.write(WRITTEN)
+        os.fsync(f.fileno())
+    writer = driver.backend(base, frontend_id=DOM_B)
+    assert_failed(driver.add(writer), driver, writer, base, "already in use read-only", f"domain {DOM_A}")
+    reader = driver.backend(base, mode="r", frontend_id=DOM_B)
+    assert driver.add(reader).returncode == 0
+    assert driver.remove(reader).returncode == 0
+    assert driver.remove(key, script="block-tap").returncode == 0
+    assert read_at(base) == before
+    assert guest_bytes(overlay, "qcow2", 2048 * 512, len(WRITTEN)) == WRITTEN
