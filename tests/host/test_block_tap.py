@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support.cases import assert_failed, loops_of
+from tests.support.cases import assert_failed, loops_of, settings_env
 
 SCRIPT = "block-tap"
 
@@ -124,6 +124,21 @@ def test_with_no_nbd_module_add_fails_saying_so_and_its_qemu_nbd_is_gone(driver,
     assert qemu_nbd_processes(path) == []
     assert [name for name in driver.state_files() if "/nbd/" in name] == []
     assert driver.remove(key, script=SCRIPT).returncode == 0
+
+
+@needs_no_nbd
+def test_outside_files_yes_takes_a_qcow2_past_its_backing_file_unless_that_is_missing(driver, tmp_path):
+    # The VM tier serves such an image (tests/xen/test_block_tap_xl.py);
+    # this host has no nbd module, so the add goes as far as looking for it.
+    base = qemu_image(tmp_path / "base.qcow2", "qcow2")
+    overlay = qemu_image(tmp_path / "overlay.qcow2", "qcow2", "-b", base, "-F", "qcow2")
+    env = settings_env(driver, tmp_path, "tap", outside_files="yes")
+    key = driver.backend(f"qcow2:{overlay}", script=SCRIPT)
+    assert_failed(driver.add(key, script=SCRIPT, env=env), driver, key, overlay, "nbd module is missing")
+    (tmp_path / "base.qcow2").unlink()
+    key = driver.backend(f"qcow2:{overlay}", script=SCRIPT)
+    assert_failed(driver.add(key, script=SCRIPT, env=env), driver, key, overlay, "not a valid qcow2 image", base)
+    assert driver.record(key) is None and qemu_nbd_processes(overlay) == []
 
 
 def test_an_image_another_qemu_writes_is_refused_by_qemus_lock(driver, tmp_path):
