@@ -118,7 +118,7 @@ def _status_cells(row, warn_at):
     from .status import fill_text
     guest = f"{row.guest or '?'} ({row.domid})" if row.domid is not None else "-"
     return (row.key or "(no record)", guest, row.vdev or "-", row.script or "-", row.target or "-",
-            ", ".join(row.devices) or "-", row.access or "-", fill_text(row.fill, warn_at))
+            ", ".join(row.devices) or "-", row.access or "-", fill_text(row.fill, warn_at, row.pool))
 
 
 def _print_table(rows, notes=None):
@@ -134,30 +134,68 @@ def _print_table(rows, notes=None):
 
 
 def check_fill(state, config, log):
-    """A table of every live snapshot's fill level on stdout, a warning in
-    the log for each one that needs a person; 1 if any did (or the check
-    could not be made), else 0: a timer or a monitor needs only the status."""
+    """A table of every live snapshot's fill level on stdout (and of the
+    thin pools that hold thin snapshots), a warning in the log for each one
+    that needs a person; 1 if any did (or the check could not be made),
+    else 0: a timer or a monitor needs only the status."""
     from . import fill
     try:
-        levels = fill.levels(state)
+        levels, pools = fill.levels(state), fill.pools(state)
     except (HotplugError, OSError) as e:
         log.error(f"check-fill: cannot read the snapshots' fill levels: {e}")
         return 1
-    if not levels:
+    if not levels and not pools:
         print("no snapshots", file=sys.stderr)
         return 0
+    warned = _level_table(levels, config.fill_warning, log) if levels else False
+    warned = (_pool_table(pools, config.fill_warning, log) if pools else False) or warned
+    note = fill.autoextend_note(levels)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return 1 if warned else 0
+
+
+def _level_table(levels, warn_at, log):
+    from . import fill
     rows = [("DISK", "TYPE", "GUEST", "STORE", "FILL", "COW FILE SPACE", "STATE")]
     warned = False
     for level in levels:
-        reasons = fill.warnings(level, config.fill_warning)
+        reasons = fill.warnings(level, warn_at)
         for why in reasons:
             log.warning(f"check-fill {', '.join(level.keys)} (domain {', '.join(map(str, level.guests))}, "
                         f"{level.type} {level.target}): {why}")
         warned = warned or bool(reasons)
         rows.append((",".join(level.keys), level.type, ",".join(map(str, level.guests)), *_store_columns(level.usage),
-                     _space_column(level.space), _state_column(level, config.fill_warning)))
+                     _space_column(level.space), _state_column(level, warn_at)))
     _print_table(rows)
-    return 1 if warned else 0
+    return warned
+
+
+def _pool_table(pools, warn_at, log):
+    from . import fill
+    rows = [("THIN POOL", "DISKS", "GUESTS", "DATA", "METADATA", "STATE")]
+    warned = False
+    for pool in pools:
+        reasons = fill.pool_warnings(pool, warn_at)
+        for why in reasons:
+            log.warning(f"check-fill {', '.join(pool.keys)} (domain {', '.join(map(str, pool.guests))}, "
+                        f"lvsnap): {why}")
+        warned = warned or bool(reasons)
+        usage = pool.usage
+        numbers = ["-", "-"] if usage.problem else [fill.percent(usage.data_fill), fill.percent(usage.metadata_fill)]
+        rows.append((pool.name, ",".join(pool.keys), ",".join(map(str, pool.guests)), *numbers,
+                     _pool_state(usage, reasons, warn_at)))
+    _print_table(rows)
+    return warned
+
+
+def _pool_state(usage, reasons, warn_at):
+    from . import fill
+    if usage.problem:
+        return f"DEAD ({usage.problem})"
+    if usage.mode != "rw":
+        return f"WARNING: {usage.mode}"
+    return f"WARNING: past {fill.percent(warn_at)}" if reasons else "ok"
 
 
 def _store_columns(usage):

@@ -224,3 +224,62 @@ def test_cleanup_removes_a_snapshot_of_ours_no_record_names_but_not_a_kept_one_o
     finally:
         for name in ("xenblock-lost-xvda", "xenblock-kept-xvda", "xenblock-users-own"):
             subprocess.run(["lvremove", *QUIET, "-y", f"{vg}/{name}"], capture_output=True)
+
+
+LVM_CONF = "/etc/lvm/lvm.conf"
+# LVM's own extender, set the way xenblock-disks(5) tells an administrator:
+# dmeventd (running from boot, see tests/vm/dom0-setup.sh) polls each
+# monitored snapshot every 10 s and, past the threshold, runs
+# `lvextend --use-policies`, which grows it by the percentage. dmeventd reads
+# lvm.conf again when it changes (its ctime or size), before each lvextend.
+AUTOEXTEND = "\tsnapshot_autoextend_threshold = 50\n\tsnapshot_autoextend_percent = 50\n"
+
+
+@pytest.fixture
+def autoextend():
+    with open(LVM_CONF) as f:
+        saved = f.read()
+    edited = saved.replace("\nactivation {\n", "\nactivation {\n" + AUTOEXTEND, 1)
+    assert edited != saved, f"no activation section in {LVM_CONF}"
+    try:
+        with open(LVM_CONF, "w") as f:
+            f.write(edited)
+        assert sh("lvmconfig", "activation/snapshot_autoextend_threshold").strip() == \
+            "snapshot_autoextend_threshold=50"
+        assert subprocess.run(["pgrep", "-x", "dmeventd"], capture_output=True).returncode == 0, "no dmeventd"
+        yield
+    finally:
+        with open(LVM_CONF, "w") as f:
+            f.write(saved)
+
+
+# The guest writes 10 MiB of its own random data to its 8M snapshot, 1 MiB
+# every 5 s or so: at 50% (4M) the snapshot has 4M of room, about 20 s of
+# writes, for dmeventd to see it (within 10 s) and lvextend (5-10 s under
+# emulation). Then it reads them back past its page cache.
+GROW = ("dd if=/dev/urandom of=/tmp/d bs=1M count=10 2>/dev/null; for i in 0 1 2 3 4 5 6 7 8 9; do "
+        "dd if=/tmp/d of=/dev/xvda bs=1M skip=$i seek=$i count=1 conv=notrunc,fsync 2>/dev/null || "
+        "echo write-failed $i; sleep 5; done; echo 3 > /proc/sys/vm/drop_caches; "
+        "sha256sum < /tmp/d; dd if=/dev/xvda bs=1M count=10 2>/dev/null | sha256sum")
+
+
+def test_a_classic_snapshot_the_guest_writes_past_its_threshold_is_extended_in_time(vg, tmp_path, keep_config,
+                                                                                    autoextend):
+    """Kept at destroy (keep_config), so that its size and contents can be
+    looked at after: the data the guest wrote, and more room than 8M."""
+    volumes, before = logical_volumes(vg), digest(f"/dev/{vg}/orig")
+    try:
+        lines, status = run_guest(tmp_path, [lvsnap(f"{vg}/orig 8M")], GROW)
+        (kept,) = logical_volumes(vg) - volumes
+        size, attr = sh("lvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "lv_size,lv_attr",
+                        f"{vg}/{kept}").split()
+        with open(f"/dev/{vg}/{kept}", "rb") as f:
+            written = hashlib.sha256(f.read(10 << 20)).hexdigest()
+    finally:
+        subprocess.run(["lvremove", *QUIET, "-y", "--select", "lv_tags={xenblock}", vg], capture_output=True)
+    assert status == 0 and not any("write-failed" in line for line in lines), lines
+    wrote, read = (line.split()[0] for line in lines[-2:])
+    assert read == wrote == written, lines
+    assert int(size) > 8 << 20 and attr[4] != "I", (size, attr)
+    assert digest(f"/dev/{vg}/orig") == before
+    assert logical_volumes(vg) == volumes
