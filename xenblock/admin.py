@@ -23,8 +23,9 @@ def main(argv=None):
     cleanup.add_argument("--dry-run", action="store_true", help="list them, touch nothing")
     sub.add_parser("config", help="the settings in force and where each comes from (the config file's line, "
                                   "the environment, or the default)")
-    sub.add_parser("check-fill", help="how full each block-cow and block-snapshot store is; warns (in the "
-                                      "hotplug log and syslog, exit status 1) of any past [general] "
+    sub.add_parser("check-fill", help="how full each block-cow, block-snapshot and classic block-lvsnap store "
+                                      "is, and each thin pool holding a thin block-lvsnap snapshot; warns (in "
+                                      "the hotplug log and syslog, exit status 1) of any past [general] "
                                       "fill_warning, dead, or short of free space")
     for name, text in (("check-config", "check the disk= entries of xl domU config files as xl reads them; "
                                         "exit 1 if xl would refuse a file or a disk would fail to start"),

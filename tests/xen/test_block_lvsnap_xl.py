@@ -2,6 +2,7 @@
 (made once for the module), a classic origin and a thin one, guests
 started by xl and hotplug runs driven directly where no guest is needed."""
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -200,6 +201,49 @@ def test_a_classic_snapshot_s_fill_level_is_read_like_the_cow_types(vg, driver):
         admin = os.path.join(os.path.dirname(sys.executable), "xenblock")
         result = subprocess.run([admin, "check-fill"], capture_output=True, text=True)
         assert result.returncode == 1 and key in result.stdout + result.stderr, result
+        # dom0's lvm.conf is Debian's stock one: LVM's autoextend is off.
+        assert "note: LVM's snapshot autoextend is off (activation/snapshot_autoextend_threshold = 100" in \
+            result.stderr, result
+    finally:
+        assert driver.remove(key, script=SCRIPT).returncode == 0
+        driver.destroy_backend(key)
+
+
+def pool_percents(vg):
+    return [float(value) for value in
+            sh("lvs", "--noheadings", "-o", "data_percent,metadata_percent", f"{vg}/pool").split()]
+
+
+def test_a_thin_snapshot_s_pool_fill_level_is_warned_of(vg, driver, tmp_path):
+    """A thin snapshot has no store of its own: its pool's use is what
+    check-fill and status report, warned of past fill_warning: here a level
+    just above what the pool holds now (a small pool's metadata is some
+    10% used from the start), which the snapshot's writes then pass."""
+    data, metadata = pool_percents(vg)
+    warn = int(max(data, metadata)) + 3
+    assert warn < 30, (data, metadata)  # what the 16M volume can fill in the 48M pool
+    conf = tmp_path / "check.conf"
+    conf.write_text(f"[general]\nfill_warning = {warn}%\nlog_file = {tmp_path / 'check.log'}\nsyslog = no\n")
+    env = {**os.environ, "XENBLOCK_CONFIG": str(conf)}
+    admin = os.path.join(os.path.dirname(sys.executable), "xenblock")
+    key = driver.backend(f"{vg}/torig", script=SCRIPT)
+    assert driver.add(key, script=SCRIPT).returncode == 0, driver.read(f"{key}/hotplug-error")
+    try:
+        calm = subprocess.run([admin, "check-fill"], env=env, capture_output=True, text=True)
+        (row,) = [line for line in calm.stdout.splitlines() if line.startswith(f"{vg}/pool ")]
+        assert calm.returncode == 0 and row.split()[1] == key and row.endswith("ok"), calm
+        with open(driver.read(f"{key}/physical-device-path"), "r+b") as f:
+            f.write(os.urandom(-(-(warn + 2 - int(data)) * 48 // 100) << 20))
+            os.fsync(f.fileno())
+        result = subprocess.run([admin, "check-fill"], env=env, capture_output=True, text=True)
+        (row,) = [line for line in result.stdout.splitlines() if line.startswith(f"{vg}/pool ")]
+        assert result.returncode == 1 and row.endswith(f"WARNING: past {warn}%"), result
+        shown_data = float(row.split()[3].rstrip("%"))
+        assert abs(shown_data - pool_percents(vg)[0]) < 0.2, (row, pool_percents(vg))
+        assert f"thin pool {vg}/pool's data is " in (tmp_path / "check.log").read_text()
+        shown = subprocess.run([admin, "status", "--json"], env=env, capture_output=True, text=True)
+        (mine,) = [entry for entry in json.loads(shown.stdout) if entry["key"] == key]
+        assert mine["pool"]["name"] == f"{vg}/pool" and mine["pool"]["warning"], mine
     finally:
         assert driver.remove(key, script=SCRIPT).returncode == 0
         driver.destroy_backend(key)
