@@ -161,11 +161,8 @@ def _level_table(levels, warn_at, log):
     rows = [("DISK", "TYPE", "GUEST", "STORE", "FILL", "COW FILE SPACE", "STATE")]
     warned = False
     for level in levels:
-        reasons = fill.warnings(level, warn_at)
-        for why in reasons:
-            log.warning(f"check-fill {', '.join(level.keys)} (domain {', '.join(map(str, level.guests))}, "
-                        f"{level.type} {level.target}): {why}")
-        warned = warned or bool(reasons)
+        warned = _logged(log, level.keys, level.guests, f"{level.type} {level.target}",
+                         fill.warnings(level, warn_at)) or warned
         rows.append((",".join(level.keys), level.type, ",".join(map(str, level.guests)), *_store_columns(level.usage),
                      _space_column(level.space), _state_column(level, warn_at)))
     _print_table(rows)
@@ -178,16 +175,21 @@ def _pool_table(pools, warn_at, log):
     warned = False
     for pool in pools:
         reasons = fill.pool_warnings(pool, warn_at)
-        for why in reasons:
-            log.warning(f"check-fill {', '.join(pool.keys)} (domain {', '.join(map(str, pool.guests))}, "
-                        f"lvsnap): {why}")
-        warned = warned or bool(reasons)
+        warned = _logged(log, pool.keys, pool.guests, "lvsnap", reasons) or warned
         usage = pool.usage
         numbers = ["-", "-"] if usage.problem else [fill.percent(usage.data_fill), fill.percent(usage.metadata_fill)]
         rows.append((pool.name, ",".join(pool.keys), ",".join(map(str, pool.guests)), *numbers,
                      _pool_state(usage, reasons, warn_at)))
     _print_table(rows)
     return warned
+
+
+def _logged(log, keys, guests, what, reasons):
+    """A warning in the log for each reason the disks keys need a person;
+    whether there was any."""
+    for why in reasons:
+        log.warning(f"check-fill {', '.join(keys)} (domain {', '.join(map(str, guests))}, {what}): {why}")
+    return bool(reasons)
 
 
 def _pool_state(usage, reasons, warn_at):
