@@ -101,8 +101,8 @@ def fill_text(level, warn_at, pool=None):
     """The FILL column: the level (a thin snapshot's: its pool's data
     use), marked when it needs a person."""
     if pool is not None:
-        text = f"DEAD pool ({pool.usage.problem})" if pool.usage.problem else \
-            f"pool {fill.percent(pool.usage.data_fill)}"
+        usage = pool.usage
+        text = f"DEAD pool ({usage.problem})" if usage.problem else f"pool {fill.percent(usage.data_fill)}"
         return f"{text} !" if fill.pool_warnings(pool, warn_at) else text
     if level is None:
         return "-"
