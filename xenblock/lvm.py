@@ -97,7 +97,12 @@ def _listed(selection, step, deadline, log):
 def create_snapshot(origin, name, size, tags, deadline, log=None):
     """A snapshot of origin (a Volume) named name, activated: thin if size
     is None (with activation skip off, so that it is activated now and
-    whenever its VG is), else classic, of size bytes."""
+    whenever its VG is), else classic, of size bytes.
+
+    Monitoring is left as lvm.conf has it (activation/monitoring, on by
+    default): LVM then has dmeventd watch a classic snapshot, and dmeventd is
+    what extends it before it overflows, if lvm.conf's
+    snapshot_autoextend_threshold says so. xenblock does not extend it."""
     argv = ["lvcreate", "-y", "-s", "-n", name]
     argv += ["-kn"] if size is None else ["-L", f"{size}b"]
     for tag in tags:
