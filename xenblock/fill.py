@@ -8,7 +8,12 @@ A block-snapshot's store is a sparse CoW file, so it can also fail before
 it is full, when its host file system has no room left for the blocks it
 still has to allocate. Nothing warns of either in time but a look at the
 numbers: levels() takes that look for every disk in /run/xenblock, for
-`xenblock check-fill` and whatever else wants the numbers.
+`xenblock check-fill` and whatever else wants the numbers. A thin
+block-lvsnap snapshot has no store: pools() looks at its thin pool.
+
+Nothing here extends a store. LVM's own dmeventd extends classic LVM
+snapshots, once lvm.conf's snapshot_autoextend_threshold is set:
+autoextend_note() says when it is not.
 
 Not on the hotplug path: no script imports this.
 """
