@@ -23,8 +23,9 @@ def main(argv=None):
     cleanup.add_argument("--dry-run", action="store_true", help="list them, touch nothing")
     sub.add_parser("config", help="the settings in force and where each comes from (the config file's line, "
                                   "the environment, or the default)")
-    sub.add_parser("check-fill", help="how full each block-cow and block-snapshot store is; warns (in the "
-                                      "hotplug log and syslog, exit status 1) of any past [general] "
+    sub.add_parser("check-fill", help="how full each block-cow, block-snapshot and classic block-lvsnap store "
+                                      "is, and each thin pool holding a thin block-lvsnap snapshot; warns (in "
+                                      "the hotplug log and syslog, exit status 1) of any past [general] "
                                       "fill_warning, dead, or short of free space")
     for name, text in (("check-config", "check the disk= entries of xl domU config files as xl reads them; "
                                         "exit 1 if xl would refuse a file or a disk would fail to start"),
@@ -118,7 +119,7 @@ def _status_cells(row, warn_at):
     from .status import fill_text
     guest = f"{row.guest or '?'} ({row.domid})" if row.domid is not None else "-"
     return (row.key or "(no record)", guest, row.vdev or "-", row.script or "-", row.target or "-",
-            ", ".join(row.devices) or "-", row.access or "-", fill_text(row.fill, warn_at))
+            ", ".join(row.devices) or "-", row.access or "-", fill_text(row.fill, warn_at, row.pool))
 
 
 def _print_table(rows, notes=None):
@@ -134,30 +135,70 @@ def _print_table(rows, notes=None):
 
 
 def check_fill(state, config, log):
-    """A table of every live snapshot's fill level on stdout, a warning in
-    the log for each one that needs a person; 1 if any did (or the check
-    could not be made), else 0: a timer or a monitor needs only the status."""
+    """A table of every live snapshot's fill level on stdout (and of the
+    thin pools that hold thin snapshots), a warning in the log for each one
+    that needs a person; 1 if any did (or the check could not be made),
+    else 0: a timer or a monitor needs only the status."""
     from . import fill
     try:
-        levels = fill.levels(state)
+        levels, pools = fill.levels(state), fill.pools(state)
     except (HotplugError, OSError) as e:
         log.error(f"check-fill: cannot read the snapshots' fill levels: {e}")
         return 1
-    if not levels:
+    if not levels and not pools:
         print("no snapshots", file=sys.stderr)
         return 0
+    warned = _level_table(levels, config.fill_warning, log) if levels else False
+    warned = (_pool_table(pools, config.fill_warning, log) if pools else False) or warned
+    note = fill.autoextend_note(levels)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return 1 if warned else 0
+
+
+def _level_table(levels, warn_at, log):
+    from . import fill
     rows = [("DISK", "TYPE", "GUEST", "STORE", "FILL", "COW FILE SPACE", "STATE")]
     warned = False
     for level in levels:
-        reasons = fill.warnings(level, config.fill_warning)
-        for why in reasons:
-            log.warning(f"check-fill {', '.join(level.keys)} (domain {', '.join(map(str, level.guests))}, "
-                        f"{level.type} {level.target}): {why}")
-        warned = warned or bool(reasons)
+        warned = _logged(log, level.keys, level.guests, f"{level.type} {level.target}",
+                         fill.warnings(level, warn_at)) or warned
         rows.append((",".join(level.keys), level.type, ",".join(map(str, level.guests)), *_store_columns(level.usage),
-                     _space_column(level.space), _state_column(level, config.fill_warning)))
+                     _space_column(level.space), _state_column(level, warn_at)))
     _print_table(rows)
-    return 1 if warned else 0
+    return warned
+
+
+def _pool_table(pools, warn_at, log):
+    from . import fill
+    rows = [("THIN POOL", "DISKS", "GUESTS", "DATA", "METADATA", "STATE")]
+    warned = False
+    for pool in pools:
+        reasons = fill.pool_warnings(pool, warn_at)
+        warned = _logged(log, pool.keys, pool.guests, "lvsnap", reasons) or warned
+        usage = pool.usage
+        numbers = ["-", "-"] if usage.problem else [fill.percent(usage.data_fill), fill.percent(usage.metadata_fill)]
+        rows.append((pool.name, ",".join(pool.keys), ",".join(map(str, pool.guests)), *numbers,
+                     _pool_state(usage, reasons, warn_at)))
+    _print_table(rows)
+    return warned
+
+
+def _logged(log, keys, guests, what, reasons):
+    """A warning in the log for each reason the disks keys need a person;
+    whether there was any."""
+    for why in reasons:
+        log.warning(f"check-fill {', '.join(keys)} (domain {', '.join(map(str, guests))}, {what}): {why}")
+    return bool(reasons)
+
+
+def _pool_state(usage, reasons, warn_at):
+    from . import fill
+    if usage.problem:
+        return f"DEAD ({usage.problem})"
+    if usage.mode != "rw":
+        return f"WARNING: {usage.mode}"
+    return f"WARNING: past {fill.percent(warn_at)}" if reasons else "ok"
 
 
 def _store_columns(usage):

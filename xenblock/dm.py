@@ -147,6 +147,22 @@ class SnapshotUsage(namedtuple("SnapshotUsage", "allocated total metadata proble
         return self.allocated / self.total if self.total else None
 
 
+class PoolUsage(namedtuple("PoolUsage", "data data_total metadata metadata_total mode problem")):
+    """A thin-pool target's status: data and metadata blocks in use and in
+    all, and its mode ("rw"; "out_of_data_space" when writes wait or fail
+    for want of room, "ro" after a metadata failure); or, with no numbers,
+    the kernel's word for its problem ("Fail", "Error")."""
+    __slots__ = ()
+
+    @property
+    def data_fill(self):
+        return self.data / self.data_total if self.data_total else None
+
+    @property
+    def metadata_fill(self):
+        return self.metadata / self.metadata_total if self.metadata_total else None
+
+
 # ---------------------------------------------------------------- the devices
 
 def version():
@@ -307,6 +323,17 @@ def snapshot_usage(text):
         return SnapshotUsage(int(allocated), int(total), int(metadata), None)
     except ValueError:
         return SnapshotUsage(None, None, None, text.strip())
+
+
+def pool_usage(text):
+    """PoolUsage from a thin-pool target's status string: "<transaction>
+    <metadata used>/<total> <data used>/<total> <held root> <mode> ..."."""
+    try:
+        _, metadata, data, _, mode, *_ = text.split()
+        (metadata, metadata_total), (data, data_total) = (map(int, pair.split("/")) for pair in (metadata, data))
+        return PoolUsage(data, data_total, metadata, metadata_total, mode, None)
+    except ValueError:
+        return PoolUsage(None, None, None, None, None, text.strip())
 
 
 def names_for(key):

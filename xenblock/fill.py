@@ -8,7 +8,12 @@ A block-snapshot's store is a sparse CoW file, so it can also fail before
 it is full, when its host file system has no room left for the blocks it
 still has to allocate. Nothing warns of either in time but a look at the
 numbers: levels() takes that look for every disk in /run/xenblock, for
-`xenblock check-fill` and whatever else wants the numbers.
+`xenblock check-fill` and whatever else wants the numbers. A thin
+block-lvsnap snapshot has no store: pools() looks at its thin pool.
+
+Nothing here extends a store. LVM's own dmeventd extends classic LVM
+snapshots, once lvm.conf's snapshot_autoextend_threshold is set:
+autoextend_note() says when it is not.
 
 Not on the hotplug path: no script imports this.
 """
@@ -17,7 +22,7 @@ import math
 import os
 from collections import namedtuple
 
-from . import dm, sizes
+from . import dm, lvm, sizes
 from .errors import HotplugError
 
 SECTOR = 512
@@ -70,7 +75,7 @@ class _SnapshotUuids:
             return None
         if self.by_name is None:
             self.by_name = {device.name: device.uuid for device in _devices()}
-        name = f"{step['vg'].replace('-', '--')}-{step['lv'].replace('-', '--')}"
+        name = lvm.dm_name(step["vg"], step["lv"])
         return self.by_name.get(name, f"LVM-gone:{name}")
 
 
@@ -110,6 +115,85 @@ def _space(record):
     # A sparse file's allocated blocks can pass its size (file system
     # metadata, preallocation): then it grows by nothing.
     return Space(path, free, max(st.st_size - st.st_blocks * 512, 0), None)
+
+
+# A thin pool that holds thin block-lvsnap snapshots: its name (vg/pool),
+# the keys and guests of the records whose snapshots it holds, and usage,
+# the kernel's dm.PoolUsage. A thin snapshot has no store of its own: it
+# takes its pool's blocks as its guest writes, and a full pool fails (or
+# holds back, queue_if_no_space) the writes of every thin volume in it.
+Pool = namedtuple("Pool", "name keys guests usage")
+
+
+def pools(state):
+    """A Pool for every live thin pool a record's thin snapshot is in, once each."""
+    found, devices = {}, None
+    for record in state.records():
+        for step in record["steps"]:
+            if step.get("undo") != "lvsnap" or not step.get("thin"):
+                continue
+            if devices is None:
+                devices = _devices()
+            pool = _pool_of(lvm.dm_name(step["vg"], step["lv"]), devices)
+            if pool is None:
+                continue  # the snapshot is gone, or being made or removed
+            known = found.get(pool.uuid)
+            keys, guests = (known.keys, known.guests) if known else ((), ())
+            found[pool.uuid] = Pool(lvm.lv_of_dm_name(pool.name), keys + (record["key"],),
+                                    guests + (record.get("frontend_id"),), _pool_usage(pool.uuid))
+    return [pool for pool in found.values() if pool.usage is not None]
+
+
+def _pool_of(name, devices):
+    """The pool device (dm.Listed) under the thin volume named name: its
+    table is "thin <pool major:minor> <device id>"."""
+    thin = next((device for device in devices if device.name == name), None)
+    targets = dm.table(thin.uuid) if thin is not None else None
+    if not targets or targets[0].type != "thin":
+        return None
+    from .blockdev import Devnum
+    pool = Devnum.parse(targets[0].params.split()[0])
+    return next((device for device in devices if device.devnum == pool), None)
+
+
+def _pool_usage(uuid):
+    targets = dm.status(uuid) or ()
+    return next((dm.pool_usage(target.params) for target in targets if target.type == "thin-pool"), None)
+
+
+def pool_warnings(pool, warn_at):
+    """Why a thin pool needs a person, at fill level warn_at."""
+    usage, what = pool.usage, f"thin pool {pool.name}"
+    if usage.problem is not None:
+        return [f"{what} has failed: the kernel reports it {usage.problem!r}; its thin volumes get I/O errors"]
+    reasons = []
+    if usage.mode != "rw":
+        reasons.append(f"{what} is {usage.mode}: writes to its thin volumes (the guests' snapshots) fail or wait")
+    for part, fraction in (("data", usage.data_fill), ("metadata", usage.metadata_fill)):
+        if fraction is not None and fraction >= warn_at:
+            reasons.append(f"{what}'s {part} is {percent(fraction)} full, past the warning level "
+                           f"{percent(warn_at)}: when it is full, writes to its thin volumes (the guests' "
+                           "snapshots) fail or wait (lvextend the pool, or set LVM's thin_pool_autoextend)")
+    return reasons
+
+
+def autoextend_note(levels):
+    """Why nothing extends the classic block-lvsnap snapshots among levels,
+    or None. xenblock does not extend them itself: LVM's monitoring does
+    (dmeventd, which runs lvextend --use-policies past lvm.conf's
+    activation/snapshot_autoextend_threshold), and only if that is set."""
+    if not any(level.type == "lvsnap" for level in levels):
+        return None
+    try:
+        threshold, grow = lvm.snapshot_autoextend()
+    except (HotplugError, KeyError, ValueError) as e:
+        return f"cannot tell whether LVM extends block-lvsnap's classic snapshots: {e}"
+    if threshold < 100 and grow > 0:
+        return None
+    return (f"LVM's snapshot autoextend is off (activation/snapshot_autoextend_threshold = {threshold}, "
+            f"snapshot_autoextend_percent = {grow}): nothing extends block-lvsnap's classic snapshots, and one "
+            "that fills up is invalidated; to have dmeventd extend them, set both in /etc/lvm/lvm.conf "
+            "(see xenblock-disks(5))")
 
 
 def store_warning(usage, warn_at):

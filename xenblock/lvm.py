@@ -98,7 +98,12 @@ def _listed(selection, step, deadline, log):
 def create_snapshot(origin, name, size, tags, deadline, log=None):
     """A snapshot of origin (a Volume) named name, activated: thin if size
     is None (with activation skip off, so that it is activated now and
-    whenever its VG is), else classic, of size bytes."""
+    whenever its VG is), else classic, of size bytes.
+
+    Monitoring is left as lvm.conf has it (activation/monitoring, on by
+    default): LVM then has dmeventd watch a classic snapshot, and dmeventd is
+    what extends it before it overflows, if lvm.conf's
+    snapshot_autoextend_threshold says so. xenblock does not extend it."""
     argv = ["lvcreate", "-y", "-s", "-n", name]
     argv += ["-kn"] if size is None else ["-L", f"{size}b"]
     for tag in tags:
@@ -147,6 +152,46 @@ def remove_ours(vg, name, uuid, deadline, log=None):
     except command.CommandError as e:
         if "not found" not in e.stderr:
             raise
+
+
+def dm_name(vg, lv):
+    """The device-mapper name LVM gives vg/lv: <vg>-<lv>, the dashes in
+    each doubled."""
+    return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
+
+
+def lv_of_dm_name(name):
+    """vg/lv from an LVM device-mapper name, a layer's suffix (-tpool,
+    -cow) dropped; the name itself if it is not one of LVM's."""
+    parts, at = [""], 0
+    while at < len(name):
+        if name.startswith("--", at):
+            parts[-1] += "-"  # a doubled dash is one of the name's
+            at += 2
+            continue
+        if name[at] == "-":
+            parts.append("")
+        else:
+            parts[-1] += name[at]
+        at += 1
+    return f"{parts[0]}/{parts[1]}" if len(parts) >= 2 else name
+
+
+def snapshot_autoextend():
+    """(threshold, percent) of LVM's snapshot autoextend as LVM reads them
+    (lvm.conf, or its built-in defaults: 100 and 20, that is off): what
+    dmeventd's monitoring of a classic snapshot acts on, in lvextend
+    --use-policies. Global settings, not metadata-profile ones, so they
+    cannot be given per snapshot. LVM_SYSTEM_DIR, LVM's own way to point
+    at another configuration, is passed on."""
+    from . import command
+    from .deadline import Deadline
+    env = {"LVM_SYSTEM_DIR": os.environ["LVM_SYSTEM_DIR"]} if "LVM_SYSTEM_DIR" in os.environ else None
+    out = command.run(["lvmconfig", "--type", "full", "activation/snapshot_autoextend_threshold",
+                       "activation/snapshot_autoextend_percent"], "reading LVM's snapshot autoextend settings",
+                      Deadline.after(60), 0, env=env)
+    values = dict(line.strip().split("=", 1) for line in out.splitlines() if "=" in line)
+    return int(values["snapshot_autoextend_threshold"]), int(values["snapshot_autoextend_percent"])
 
 
 def device_filter():

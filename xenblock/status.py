@@ -17,9 +17,10 @@ from . import dm, fill, nbd, qemunbd
 from .blockdev import Devnum, diskseq
 
 # One disk: its backend path (key), guest name and domid, vdev, script,
-# target, devices ([node (devnum)]), access (r/w), fill (a Level or None)
-# and problems ([text]).
-Row = namedtuple("Row", "key guest domid vdev script target devices access fill problems")
+# target, devices ([node (devnum)]), access (r/w), fill (a Level or None),
+# problems ([text]) and pool (a thin snapshot's fill.Pool, or None).
+Row = namedtuple("Row", "key guest domid vdev script target devices access fill problems pool",
+                 defaults=(None,))
 
 
 def rows(state, xs):
@@ -28,7 +29,9 @@ def rows(state, xs):
     from .cleanup import unrecorded
     records, devices, loops, volumes, served = unrecorded(state)
     levels = {key: level for level in fill.levels(state) for key in level.keys}
-    found = [_row(record, xs, levels.get(record["key"])) for record in records]
+    pools = {key: pool for pool in fill.pools(state) for key in pool.keys}
+    found = [_row(record, xs, levels.get(record["key"]))._replace(pool=pools.get(record["key"]))
+             for record in records]
     strays = [f"{dm.node(device.devnum)} ({device.name})" for device in devices]
     strays += [f"{nbd.node(index)} ({mark})" for index, mark in served.devices]
     strays += [f"qemu-nbd pid {pid} ({path})" for pid, path in served.daemons]
@@ -83,11 +86,24 @@ def as_json(row, warn_at):
     data["fill"] = None if row.fill is None or row.fill.usage is None else {
         "used": fill.used_text(row.fill.usage), "percent": fill.percent(row.fill.usage.fill)
         if row.fill.usage.problem is None else None, "warning": fill.warnings(row.fill, warn_at)}
+    data["pool"] = None if row.pool is None else {
+        "name": row.pool.name, **_pool_percents(row.pool.usage), "warning": fill.pool_warnings(row.pool, warn_at)}
     return data
 
 
-def fill_text(level, warn_at):
-    """The FILL column: the level, marked when it needs a person."""
+def _pool_percents(usage):
+    if usage.problem is not None:
+        return {"data": None, "metadata": None}
+    return {"data": fill.percent(usage.data_fill), "metadata": fill.percent(usage.metadata_fill)}
+
+
+def fill_text(level, warn_at, pool=None):
+    """The FILL column: the level (a thin snapshot's: its pool's data
+    use), marked when it needs a person."""
+    if pool is not None:
+        usage = pool.usage
+        text = f"DEAD pool ({usage.problem})" if usage.problem else f"pool {fill.percent(usage.data_fill)}"
+        return f"{text} !" if fill.pool_warnings(pool, warn_at) else text
     if level is None:
         return "-"
     if level.usage is None:

@@ -177,3 +177,93 @@ def test_a_cow_file_that_is_missing_is_reported_not_warned_of(state, log, tmp_pa
     assert admin.check_fill(state, config.Config(), log) == 0
     out = capsys.readouterr().out
     assert "unknown ([Errno 2] No such file or directory" in out, out
+
+
+# -- block-lvsnap: LVM's extender and thin pools --------------------------------
+
+def lvsnap_step(lv, thin=False):
+    return {"undo": "lvsnap", "vg": "vg-0", "lv": lv, "uuid": "x", "keep": False, "thin": thin}
+
+
+@pytest.fixture
+def lvm_conf(tmp_path, monkeypatch):
+    """An lvm.conf of the test's own, read by the real lvmconfig."""
+    import shutil
+    if shutil.which("lvmconfig", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
+        pytest.skip("no lvmconfig (lvm2) on this host")
+    folder = tmp_path / "lvm"
+    folder.mkdir()
+    monkeypatch.setenv("LVM_SYSTEM_DIR", str(folder))
+
+    def write(text):
+        (folder / "lvm.conf").write_text(text)
+    return write
+
+
+def test_with_lvms_autoextend_off_check_fill_says_once_that_nothing_extends_classic_snapshots(
+        state, log, tmp_path, capsys, lvm_conf):
+    # LVM's built-in defaults (threshold 100: off), as Debian's stock lvm.conf leaves them.
+    lvm_conf("activation {\n\t# snapshot_autoextend_threshold = 100\n}\n")
+    for devid in ("51712", "51728"):
+        key = f"backend/vbd/3/{devid}"
+        state.save(record(key, "lvsnap", "vg-0/web 1G", [lvsnap_step(f"xenblock-web-{devid}")]))
+    assert admin.check_fill(state, config.Config(), log) == 0  # a setting, not a store that needs a person
+    out, err = capsys.readouterr()
+    assert [line.split()[1] for line in out.splitlines()[1:]] == ["lvsnap", "lvsnap"], out
+    assert err.splitlines() == [
+        "note: LVM's snapshot autoextend is off (activation/snapshot_autoextend_threshold = 100, "
+        "snapshot_autoextend_percent = 20): nothing extends block-lvsnap's classic snapshots, and one that "
+        "fills up is invalidated; to have dmeventd extend them, set both in /etc/lvm/lvm.conf "
+        "(see xenblock-disks(5))"], err
+    assert logged(tmp_path) == []
+
+
+def test_with_lvms_autoextend_on_check_fill_has_nothing_to_say_about_it(state, log, tmp_path, capsys, lvm_conf):
+    lvm_conf("activation {\n\tsnapshot_autoextend_threshold = 70\n\tsnapshot_autoextend_percent = 20\n}\n")
+    state.save(record("backend/vbd/3/51712", "lvsnap", "vg-0/web 1G", [lvsnap_step("xenblock-web-xvda")]))
+    assert admin.check_fill(state, config.Config(), log) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_thin_snapshots_and_other_types_do_not_ask_lvm(state, log, tmp_path, capsys, lvm_conf):
+    lvm_conf("activation {\n}\n")
+    key = "backend/vbd/3/51712"
+    state.save(record(key, "cow", "/srv/base.img 4M", [dm_step(key)]))
+    state.save(record("backend/vbd/3/51728", "lvsnap", "vg-0/thin", [lvsnap_step("xenblock-web-xvdb", thin=True)]))
+    assert admin.check_fill(state, config.Config(), log) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("status, data, metadata, mode", [
+    ("0 21/4096 45/768 - rw discard_passdown queue_if_no_space - 1024", 45 / 768, 21 / 4096, "rw"),
+    ("3 100/100 768/768 - out_of_data_space no_discard_passdown error_if_no_space needs_check 80", 1.0, 1.0,
+     "out_of_data_space"),
+])
+def test_a_thin_pools_status_is_read_as_the_kernel_writes_it(status, data, metadata, mode):
+    usage = dm.pool_usage(status)
+    assert (usage.data_fill, usage.metadata_fill, usage.mode, usage.problem) == (data, metadata, mode, None)
+    assert dm.pool_usage("Fail").problem == "Fail"
+
+
+def pool(status):
+    return fill.Pool("vg-0/pool", ("backend/vbd/3/51712",), (3,), dm.pool_usage(status))
+
+
+def test_a_thin_pool_warns_past_the_level_in_data_or_metadata_and_when_it_is_not_writable():
+    assert fill.pool_warnings(pool("0 799/1000 799/1000 - rw discard_passdown queue_if_no_space - 1"), 0.8) == []
+    (data,) = fill.pool_warnings(pool("0 799/1000 800/1000 - rw discard_passdown queue_if_no_space - 1"), 0.8)
+    assert data.startswith("thin pool vg-0/pool's data is 80% full, past the warning level 80%: "), data
+    (metadata,) = fill.pool_warnings(pool("0 900/1000 1/1000 - rw discard_passdown queue_if_no_space - 1"), 0.8)
+    assert metadata.startswith("thin pool vg-0/pool's metadata is 90% full"), metadata
+    (full, _) = fill.pool_warnings(
+        pool("0 1/1000 1000/1000 - out_of_data_space discard_passdown queue_if_no_space - 1"), 0.8)
+    assert full.startswith("thin pool vg-0/pool is out_of_data_space: writes to its thin volumes"), full
+    (dead,) = fill.pool_warnings(pool("Fail"), 0.8)
+    assert dead.startswith("thin pool vg-0/pool has failed: the kernel reports it 'Fail'"), dead
+
+
+@pytest.mark.parametrize("vg, lv", [("vg0", "web"), ("xb-vg", "xenblock-dom-1-xvda"), ("a--b", "c-")])
+def test_lvm_device_mapper_names_are_read_back_to_the_volume(vg, lv):
+    from xenblock import lvm
+    name = lvm.dm_name(vg, lv)
+    assert lvm.lv_of_dm_name(name) == lvm.lv_of_dm_name(name + "-tpool") == f"{vg}/{lv}"

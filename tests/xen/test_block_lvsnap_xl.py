@@ -2,6 +2,7 @@
 (made once for the module), a classic origin and a thin one, guests
 started by xl and hotplug runs driven directly where no guest is needed."""
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -200,6 +201,49 @@ def test_a_classic_snapshot_s_fill_level_is_read_like_the_cow_types(vg, driver):
         admin = os.path.join(os.path.dirname(sys.executable), "xenblock")
         result = subprocess.run([admin, "check-fill"], capture_output=True, text=True)
         assert result.returncode == 1 and key in result.stdout + result.stderr, result
+        # dom0's lvm.conf is Debian's stock one: LVM's autoextend is off.
+        assert "note: LVM's snapshot autoextend is off (activation/snapshot_autoextend_threshold = 100" in \
+            result.stderr, result
+    finally:
+        assert driver.remove(key, script=SCRIPT).returncode == 0
+        driver.destroy_backend(key)
+
+
+def pool_percents(vg):
+    return [float(value) for value in
+            sh("lvs", "--noheadings", "-o", "data_percent,metadata_percent", f"{vg}/pool").split()]
+
+
+def test_a_thin_snapshot_s_pool_fill_level_is_warned_of(vg, driver, tmp_path):
+    """A thin snapshot has no store of its own: its pool's use is what
+    check-fill and status report, warned of past fill_warning: here a level
+    just above what the pool holds now (a small pool's metadata is some
+    10% used from the start), which the snapshot's writes then pass."""
+    data, metadata = pool_percents(vg)
+    warn = int(max(data, metadata)) + 3
+    assert warn < 30, (data, metadata)  # what the 16M volume can fill in the 48M pool
+    conf = tmp_path / "check.conf"
+    conf.write_text(f"[general]\nfill_warning = {warn}%\nlog_file = {tmp_path / 'check.log'}\nsyslog = no\n")
+    env = {**os.environ, "XENBLOCK_CONFIG": str(conf)}
+    admin = os.path.join(os.path.dirname(sys.executable), "xenblock")
+    key = driver.backend(f"{vg}/torig", script=SCRIPT)
+    assert driver.add(key, script=SCRIPT).returncode == 0, driver.read(f"{key}/hotplug-error")
+    try:
+        calm = subprocess.run([admin, "check-fill"], env=env, capture_output=True, text=True)
+        (row,) = [line for line in calm.stdout.splitlines() if line.startswith(f"{vg}/pool ")]
+        assert calm.returncode == 0 and row.split()[1] == key and row.endswith("ok"), calm
+        with open(driver.read(f"{key}/physical-device-path"), "r+b") as f:
+            f.write(os.urandom(-(-(warn + 2 - int(data)) * 48 // 100) << 20))
+            os.fsync(f.fileno())
+        result = subprocess.run([admin, "check-fill"], env=env, capture_output=True, text=True)
+        (row,) = [line for line in result.stdout.splitlines() if line.startswith(f"{vg}/pool ")]
+        assert result.returncode == 1 and row.endswith(f"WARNING: past {warn}%"), result
+        shown_data = float(row.split()[3].rstrip("%"))
+        assert abs(shown_data - pool_percents(vg)[0]) < 0.2, (row, pool_percents(vg))
+        assert f"thin pool {vg}/pool's data is " in (tmp_path / "check.log").read_text()
+        shown = subprocess.run([admin, "status", "--json"], env=env, capture_output=True, text=True)
+        (mine,) = [entry for entry in json.loads(shown.stdout) if entry["key"] == key]
+        assert mine["pool"]["name"] == f"{vg}/pool" and mine["pool"]["warning"], mine
     finally:
         assert driver.remove(key, script=SCRIPT).returncode == 0
         driver.destroy_backend(key)
@@ -224,3 +268,62 @@ def test_cleanup_removes_a_snapshot_of_ours_no_record_names_but_not_a_kept_one_o
     finally:
         for name in ("xenblock-lost-xvda", "xenblock-kept-xvda", "xenblock-users-own"):
             subprocess.run(["lvremove", *QUIET, "-y", f"{vg}/{name}"], capture_output=True)
+
+
+LVM_CONF = "/etc/lvm/lvm.conf"
+# LVM's own extender, set the way xenblock-disks(5) tells an administrator:
+# dmeventd (running from boot, see tests/vm/dom0-setup.sh) polls each
+# monitored snapshot every 10 s and, past the threshold, runs
+# `lvextend --use-policies`, which grows it by the percentage. dmeventd reads
+# lvm.conf again when it changes (its ctime or size), before each lvextend.
+AUTOEXTEND = "\tsnapshot_autoextend_threshold = 50\n\tsnapshot_autoextend_percent = 50\n"
+
+
+@pytest.fixture
+def autoextend():
+    with open(LVM_CONF) as f:
+        saved = f.read()
+    edited = saved.replace("\nactivation {\n", "\nactivation {\n" + AUTOEXTEND, 1)
+    assert edited != saved, f"no activation section in {LVM_CONF}"
+    try:
+        with open(LVM_CONF, "w") as f:
+            f.write(edited)
+        assert sh("lvmconfig", "activation/snapshot_autoextend_threshold").strip() == \
+            "snapshot_autoextend_threshold=50"
+        assert subprocess.run(["pgrep", "-x", "dmeventd"], capture_output=True).returncode == 0, "no dmeventd"
+        yield
+    finally:
+        with open(LVM_CONF, "w") as f:
+            f.write(saved)
+
+
+# The guest writes 10 MiB of its own random data to its 8M snapshot, 1 MiB
+# every 5 s or so: at 50% (4M) the snapshot has 4M of room, about 20 s of
+# writes, for dmeventd to see it (within 10 s) and lvextend (5-10 s under
+# emulation). Then it reads them back past its page cache.
+GROW = ("dd if=/dev/urandom of=/tmp/d bs=1M count=10 2>/dev/null; for i in 0 1 2 3 4 5 6 7 8 9; do "
+        "dd if=/tmp/d of=/dev/xvda bs=1M skip=$i seek=$i count=1 conv=notrunc,fsync 2>/dev/null || "
+        "echo write-failed $i; sleep 5; done; echo 3 > /proc/sys/vm/drop_caches; "
+        "sha256sum < /tmp/d; dd if=/dev/xvda bs=1M count=10 2>/dev/null | sha256sum")
+
+
+def test_a_classic_snapshot_the_guest_writes_past_its_threshold_is_extended_in_time(vg, tmp_path, keep_config,
+                                                                                    autoextend):
+    """Kept at destroy (keep_config), so that its size and contents can be
+    looked at after: the data the guest wrote, and more room than 8M."""
+    volumes, before = logical_volumes(vg), digest(f"/dev/{vg}/orig")
+    try:
+        lines, status = run_guest(tmp_path, [lvsnap(f"{vg}/orig 8M")], GROW)
+        (kept,) = logical_volumes(vg) - volumes
+        size, attr = sh("lvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "lv_size,lv_attr",
+                        f"{vg}/{kept}").split()
+        with open(f"/dev/{vg}/{kept}", "rb") as f:
+            written = hashlib.sha256(f.read(10 << 20)).hexdigest()
+    finally:
+        subprocess.run(["lvremove", *QUIET, "-y", "--select", "lv_tags={xenblock}", vg], capture_output=True)
+    assert status == 0 and not any("write-failed" in line for line in lines), lines
+    wrote, read = (line.split()[0] for line in lines[-2:])
+    assert read == wrote == written, lines
+    assert int(size) > 8 << 20 and attr[4] != "I", (size, attr)
+    assert digest(f"/dev/{vg}/orig") == before
+    assert logical_volumes(vg) == volumes
