@@ -22,10 +22,12 @@ import contextlib
 import os
 import re
 import socket
+import threading
+import time
 from dataclasses import dataclass
 
 from tests.support import inventory
-from tests.support.fixtures import foreign_loop
+from tests.support.fixtures import foreign_loop, opened_by_someone
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Case:
     writes: tuple = ()  # what the run may open for writing (mode w only)
     needs: frozenset = frozenset()  # {"lvm"}: only where LVM is (the VM tier)
     vm: bool = False  # also in the VM tier: what the real xenstored may store otherwise
+    swap: tuple = ()  # (symlink, new target): re-pointed while the add holds the link's first open
 
     def __post_init__(self):
         assert not self.writes or "w" in (self.mode or ""), f"{self.id}: writes only with mode w"
@@ -102,6 +105,10 @@ ROW = "{d}/ok.img"  # a good image, for rows whose mistake is elsewhere
 # Each type's own target forms, the backend nodes, the command line and
 # environment, the config file.
 OWN_CASES = [
+    # Swapped between check and use: the add must judge (and would bind) the
+    # inode it opened, whatever the link names afterwards.
+    Case("file-symlink-swapped-after-its-open", "file", "{d}/swap", ("{d}/swap: image is 511 bytes",),
+         swap=("{d}/swap", "ok.img")),
     Case("file-blank", "file", "   ", ("empty target: give the path of an image file or block device",)),
     Case("file-read-only-file-for-writing", "file", "{d}/ro.img", mode="w",
          words=("{d}/ro.img: file is read-only (mode 0444); use access=r",)),
@@ -266,7 +273,7 @@ class Scene:
         os.mkfifo(root / "fifo")
         with socket.socket(socket.AF_UNIX) as sock:
             sock.bind(str(root / "sock"))
-        for name, to in (("dangling", "nothing"), ("loop-a", "loop-b"), ("loop-b", "loop-a"), ("to-dir", "dir"),
+        for name, to in (("swap", "511.img"), ("dangling", "nothing"), ("loop-a", "loop-b"), ("loop-b", "loop-a"), ("to-dir", "dir"),
                          ("to-zero", "/dev/zero"), ("to-cow", "plain.img")):
             os.symlink(to, root / name)
         self._stack = stack
@@ -324,17 +331,47 @@ def run(case, driver, where, tmp_path, vg=None):
     nodes, state, objects, files = driver.children(key), where.state(), inventory.kernel_objects(), driver.state_files()
     trace = tmp_path / "trace"
     wrapper = ["strace", "-f", "-qq", "--seccomp-bpf", "-y", "-o", str(trace), "-e", f"trace={TRACED}"]
-    result = driver.run(case.command, key, script=f"block-{case.script}", env=env, wrapper=wrapper)
+    if case.swap:
+        result = _run_swapping(case, driver, key, env, wrapper, fill)
+    else:
+        result = driver.run(case.command, key, script=f"block-{case.script}", env=env, wrapper=wrapper)
     assert result.returncode == 1, (result.returncode, result.stderr)
     error = _said(case, driver, key, result, fill)
     assert driver.children(key) == sorted(set(nodes) | ({"hotplug-error", "hotplug-status"}
                                                         if case.said_in == "hotplug-error" else set()))
     assert driver.state_files() == files, "a record, lock or marker left"
     assert inventory.kernel_objects() == objects, "a device left"
-    assert where.state() == state, "the scene changed"
+    after, swapped = where.state(), {fill(case.swap[0])} if case.swap else set()
+    assert {path for path in state.keys() | after.keys() if state.get(path) != after.get(path)} <= swapped, \
+        "the scene changed"
     allowed = [fill(path) for path in case.writes]
     assert _writes(trace.read_text(errors="replace"), where, allowed) == [], "opened for writing"
     return error
+
+
+# How long the add is held at the link's first open (strace's delay_exit);
+# the swap happens as soon as the open is seen.
+WINDOW_US = 1_000_000
+
+
+def _run_swapping(case, driver, key, env, wrapper, fill):
+    """driver.run, the link case.swap names re-pointed while the add holds
+    its first open of it (strace -P: only that link's calls are traced)."""
+    link, new_target = fill(case.swap[0]), case.swap[1]
+    opened = os.path.realpath(link)
+    delayed = [*wrapper, "-P", link, "-e", f"inject=openat:delay_exit={WINDOW_US}:when=1"]
+    result = []
+    runner = threading.Thread(target=lambda: result.append(
+        driver.run(case.command, key, script=f"block-{case.script}", env=env, wrapper=delayed)))
+    runner.start()
+    deadline = time.monotonic() + 20
+    while not opened_by_someone(opened):
+        assert time.monotonic() < deadline and runner.is_alive(), "the window never opened"
+        time.sleep(0.01)
+    os.symlink(new_target, link + ".new")
+    os.replace(link + ".new", link)
+    runner.join()
+    return result[0]
 
 
 class _Filler:
@@ -378,7 +415,7 @@ def _environment(case, driver, tmp_path, fill):
 def _said(case, driver, key, result, fill):
     """The error as the case says it is told; asserted to hold its words."""
     words = [fill(word) for word in case.words]
-    lines = result.stderr.splitlines()
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("strace: ")]  # -P's notes
     if case.said_in == "stderr":
         assert driver.read(f"{key}/hotplug-error") is None
         for word in words:
