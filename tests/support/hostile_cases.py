@@ -194,6 +194,8 @@ OWN_CASES = [
     Case("mode-absurd", "file", ROW, ("{key}/mode is 'x': expected w or r",), mode="x"),
     Case("mode-both", "file", ROW, ("{key}/mode is 'rw': expected w or r",), mode="rw"),
     Case("mode-only-bang", "file", ROW, ("{key}/mode is '!': expected w or r",), mode="!"),
+    Case("mode-empty-for-a-read-write-type", "snapshot", ROW + ":{d}/cows/a.cow",
+         ("block-snapshot disks are read-write (access=w)",), mode=""),
     Case("mode-missing-for-a-read-write-type", "snapshot", ROW + ":{d}/cows/a.cow",
          ("block-snapshot disks are read-write (access=w)",), mode=None),
     Case("frontend-id-a-word", "file", ROW, ("{key}/frontend-id is 'dom1': expected a domain id",),
