@@ -187,7 +187,7 @@ OWN_CASES = [
 
     # The backend nodes libxl writes, missing, empty or absurd.
     Case("params-missing", "file", None, ("{key}/params is missing: the disk has no target",)),
-    Case("params-empty", "file", b"", ("empty target",), vm=True),
+    Case("params-empty", "file", b"", ("empty target",)),
     Case("params-newlines-only", "file", "\n\n", ("empty target",)),
     Case("params-with-a-nul-byte", "file", b"/etc/passwd\0/tmp/x", ("{key}/params", "NUL"), vm=True),
     Case("params-not-utf8", "file", "{d}/caf\udcff.img", ("{d}/caf\\xff.img: image is 511 bytes",), vm=True),
@@ -199,7 +199,7 @@ OWN_CASES = [
     Case("mode-missing-for-a-read-write-type", "snapshot", ROW + ":{d}/cows/a.cow",
          ("block-snapshot disks are read-write (access=w)",), mode=None),
     Case("frontend-id-a-word", "file", ROW, ("{key}/frontend-id is 'dom1': expected a domain id",),
-         nodes=(("frontend-id", "dom1"),), vm=True),
+         nodes=(("frontend-id", "dom1"),)),
     Case("frontend-id-negative", "file", ROW, ("{key}/frontend-id is '-1': expected a domain id",),
          nodes=(("frontend-id", "-1"),)),
     Case("frontend-id-huge", "file", ROW, ("{key}/frontend-id is '99999999999999999999': expected a domain id",),
