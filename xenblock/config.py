@@ -151,15 +151,20 @@ def _read(path):
     """(the settings path gives, by Config field, [ConfigError, ...], the
     line each came from); no settings if there is no file."""
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return {}, [], {}
     except OSError as e:
         return {}, [ConfigError(f"{path}: cannot read: {e.strerror}")], {}
     values, mistakes, origins, section = {}, [], {}, None
-    for number, line in enumerate(lines, 1):
-        line, where = line.strip(), f"{path} line {number}"
+    for number, raw in enumerate(lines, 1):
+        where = f"{path} line {number}"
+        try:
+            line = raw.decode().strip()
+        except UnicodeDecodeError:  # a line at a time: the others still count
+            mistakes.append(ConfigError(f"{where}: not UTF-8 text: {raw!r}"))
+            continue
         if line.startswith("[") and line.endswith("]"):
             section = line[1:-1].strip()
             if section not in SECTIONS:

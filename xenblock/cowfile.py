@@ -379,6 +379,11 @@ def open_existing(directory_fd, name, writable=True):
             raise HotplugError(f"{where}: is a symbolic link; a CoW file must be a regular file, named directly")
         if not stat.S_ISREG(mode):
             raise HotplugError(f"{where}: not a regular file; a CoW file must be one")
+        if writable and not mode & 0o222:
+            # Refused before it is opened for writing. root could write it
+            # anyway; the read-only mode is the owner's word (as for block-file).
+            raise HotplugError(f"{where}: CoW file is read-only (mode {stat.S_IMODE(mode):04o}); "
+                               "make it writable to use it")
         flags = os.O_RDWR if writable else os.O_RDONLY
         try:
             return os.open(f"/proc/self/fd/{handle}", flags | os.O_CLOEXEC)

@@ -12,4 +12,12 @@ def one_line(text):
     line, or making xenstore refuse the hotplug-error) nor reach a terminal."""
     if text.isprintable():
         return text  # the common case, without building a new string
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(c):
+    # A byte that is not UTF-8 (a path read with surrogateescape) as the
+    # byte it is, \xff, not as the surrogate Python made of it (\udcff).
+    if "\udc80" <= c <= "\udcff":
+        return f"\\x{ord(c) - 0xdc00:02x}"
+    return repr(c)[1:-1]

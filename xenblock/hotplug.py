@@ -31,6 +31,9 @@ def main(argv, environ):
               "(libxl runs this script for disks with script=; see xenblock's README)",
               file=sys.stderr)
         return 1
+    if not _is_xenstore_path(key):  # xenstored would refuse every request, hotplug-error too
+        print(f"{program} {command}: XENBUS_PATH {key!r} is not a xenstore path", file=sys.stderr)
+        return 1
     deadline = Deadline.of_run(command)
     # A mistake in the file fails an add; a remove logs it and goes on with
     # the other settings (teardown needs none: xl destroy never retries).
@@ -50,6 +53,13 @@ def main(argv, environ):
     if status == 0:
         log.debug(f"{command} {key}: {process_age():.2f} s since the script started")
     return status
+
+
+def _is_xenstore_path(key):
+    """Whether xenstored takes key as a node's path: words of letters,
+    digits and - _ @, joined by single slashes (one leading slash at most)."""
+    words = key.removeprefix("/").split("/")
+    return all(word and all(c.isascii() and (c.isalnum() or c in "-_@") for c in word) for word in words)
 
 
 def _disk_type(program, environ):

@@ -6,6 +6,7 @@ import subprocess
 import time
 
 from tests.support.cases import loops_of
+from tests.support.fixtures import opened_by_someone
 from xenblock import loop
 
 WINDOW_US = 1_000_000  # the delay; the test acts as soon as it sees the window open
@@ -65,7 +66,7 @@ def test_a_target_swapped_while_checked_binds_the_inode_checked(driver, images):
     checked_inode = os.stat(path).st_ino
     key = driver.backend(path)
     script = delayed_at(driver, key, path)
-    wait_until(lambda: _opened_by_someone(path))
+    wait_until(lambda: opened_by_someone(path))
     os.rename(impostor, path)  # in the window
     out, err = script.communicate(timeout=60)
     assert script.returncode == 0, err
@@ -75,21 +76,3 @@ def test_a_target_swapped_while_checked_binds_the_inode_checked(driver, images):
         assert f.read(17) == b"the checked image"
     assert driver.record(key)["images"][0]["id"].endswith(f":{checked_inode}")
     assert driver.remove(key).returncode == 0
-
-
-def _opened_by_someone(path):
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        directory = f"/proc/{pid}/fd"
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            continue
-        for fd in names:
-            try:
-                if os.readlink(os.path.join(directory, fd)) == path:
-                    return True
-            except OSError:
-                continue
-    return False

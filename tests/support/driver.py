@@ -37,10 +37,19 @@ class Driver:
 
     def write_unchecked(self, key, value):
         """write, past pyxs's own check (7-bit text without control
-        characters): xenstored itself stores any bytes a domU config gives."""
+        characters): xenstored itself stores any bytes a domU config gives.
+        value: text, or bytes (any, empty or not UTF-8 too)."""
         from pyxs._internal import Op, Packet, next_rq_id
-        packet = Packet(Op.WRITE, key.encode() + b"\0" + value.encode(), rq_id=next_rq_id(), tx_id=0)
+        data = value if isinstance(value, bytes) else value.encode()
+        packet = Packet(Op.WRITE, key.encode() + b"\0" + data, rq_id=next_rq_id(), tx_id=0)
         assert self.client.router.send(packet).get().op == Op.WRITE
+
+    def children(self, key):
+        """The names of key's child nodes; [] if key is not there."""
+        try:
+            return sorted(name.decode() for name in self.client.list(key.encode()))
+        except pyxs.PyXSError:
+            return []
 
     def delete(self, key):
         try:
@@ -62,10 +71,12 @@ class Driver:
         return key
 
     def run(self, command, key, script="block-file", env=None, wrapper=()):
-        """wrapper: argv words the script runs under (unshare ..., say)."""
+        """wrapper: argv words the script runs under (unshare ..., say);
+        env: variables to add, None for one to leave out."""
         environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env,
                    "XENBUS_TYPE": "vbd", "XENBUS_PATH": key, "XENBUS_BASE_PATH": "backend",
                    "script": os.path.join(self.script_dir, script), **(env or {})}
+        environ = {name: value for name, value in environ.items() if value is not None}
         return subprocess.run([*wrapper, os.path.join(self.script_dir, script), command], env=environ,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
 

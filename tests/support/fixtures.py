@@ -57,3 +57,22 @@ def foreign_loop(path, read_only=False, partitions=False):
         yield node
     finally:
         subprocess.run(["losetup", "-d", node], check=True)
+
+
+def opened_by_someone(path):
+    """Whether another process holds path open (by the path it resolves to)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        directory = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for fd in names:
+            try:
+                if os.readlink(os.path.join(directory, fd)) == path:
+                    return True
+            except OSError:
+                continue
+    return False

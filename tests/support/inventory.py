@@ -71,6 +71,17 @@ def bound_loops():
     return found
 
 
+def kernel_objects():
+    """Loop, device-mapper (active LVs too) and nbd devices in use now, from
+    sysfs alone: cheap enough to take around every script run, and the same
+    on the host, which has no dmsetup or lvs to ask."""
+    found = bound_loops()
+    for path in glob.glob("/sys/block/dm-*/dm/name"):
+        with open(path) as f:
+            found.add(f"dm {f.read().strip()}")
+    return found | set(glob.glob("/sys/block/nbd*/pid"))
+
+
 def _lines(argv, ignore=None):
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     return {line.strip() for line in result.stdout.splitlines()

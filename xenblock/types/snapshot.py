@@ -35,7 +35,6 @@ write a new store's header; block-file serves a base read-only).
 """
 import hashlib
 import os
-import stat
 
 from .. import cowfile, dm, locks, sizes
 from ..blockdev import Device, read_attribute
@@ -133,11 +132,7 @@ def check(spec, request, config, opened):
         spec.identity, spec.size = identity, _new_size(identity["size"], spec, config)
         _check_space(spec, spec.size)
         return [Use(base, writable=False)]
-    cow = opened.enter_context(Source.of_descriptor(spec.cow, fd))
-    if not cow.stat.st_mode & 0o222:
-        # root could write it anyway; the read-only mode is the owner's word (as for block-file).
-        raise HotplugError(f"{spec.cow}: CoW file is read-only (mode {stat.S_IMODE(cow.stat.st_mode):04o}); "
-                           "make it writable to use it")
+    cow = opened.enter_context(Source.of_descriptor(spec.cow, fd))  # open_existing refused a read-only one
     cowfile.check(fd, identity, spec.cow)
     _check_space(spec, cow.stat.st_size - cow.stat.st_blocks * 512)  # less what it takes up already
     return [Use(base, writable=False), Use(cow, writable=True)]
