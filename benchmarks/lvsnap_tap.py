@@ -100,24 +100,28 @@ def _sh(*argv):
 # --- guest throughput -------------------------------------------------------
 
 def _throughput(rounds, mib):
-    size = rounds * mib  # MiB: each round has a region of its own
-    raw = _image(os.path.join(STORAGE, "guest.img"), size << 20)
-    disks = [(FILE, disk(raw, vdev="xvda")),
-             (TAP, disk("qcow2:" + _qcow2(os.path.join(STORAGE, "guest-tap.qcow2"), size), vdev="xvdb",
-                        script="block-tap")),
-             # xl's own qcow2 disk: no script, QEMU in dom0 serves it.
-             (QDISK, "format=qcow2,vdev=xvdc,access=w,backendtype=qdisk,target="
-              + _qcow2(os.path.join(STORAGE, "guest-qdisk.qcow2"), size))]
     try:
-        result = guest_throughput(disks, rounds, mib)
+        result = guest_throughput(_guest_disks(rounds * mib), rounds, mib)
     except (AssertionError, SystemExit) as e:  # xl create failed, or a dd in the guest
         print(f"lvsnap_tap: the guest with a qdisk disk failed, running it without: {e}", flush=True)
-        result = guest_throughput(disks[:2], rounds, mib)
+        result = guest_throughput(_guest_disks(rounds * mib)[:2], rounds, mib)
         result["qdisk_error"] = str(e)[-3000:]
     result["qdisk_log"] = _qemu_logs()
     result["tap_log"] = _tap_log_lines()
     result["summary"] = _summary(result["mb_per_s"])
     return result
+
+
+def _guest_disks(size):
+    """The guest's disks, of size MiB each (every round has a region of its
+    own), made afresh: the first write is the first."""
+    raw = _image(os.path.join(STORAGE, "guest.img"), size << 20)
+    return [(FILE, disk(raw, vdev="xvda")),
+            (TAP, disk("qcow2:" + _qcow2(os.path.join(STORAGE, "guest-tap.qcow2"), size), vdev="xvdb",
+                       script="block-tap")),
+            # xl's own qcow2 disk: no script, QEMU in dom0 serves it.
+            (QDISK, "format=qcow2,vdev=xvdc,access=w,backendtype=qdisk,target="
+             + _qcow2(os.path.join(STORAGE, "guest-qdisk.qcow2"), size))]
 
 
 def _qemu_logs():
