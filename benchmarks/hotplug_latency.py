@@ -108,6 +108,7 @@ def _counts(client, script, target, kind):
         # An execve may be split in two lines ("<unfinished ...>", "<... execve resumed>) = 0").
         processes = sum(1 for line in lines if "execve" in line and line.rstrip().endswith("= 0"))
         requests = _requests_since(trace_start)
+        subprocess.run(["udevadm", "settle", "--timeout=60"], check=False)  # as in _cycle
         _run((), script, "remove", key)
         tracer.wait(timeout=120)
     client.delete(key.encode())
