@@ -41,7 +41,6 @@ from tests.xen.xl import disk, run_guest  # noqa: E402 (needs the checkout on sy
 STORAGE = "/run/xenblock-bench"
 CONFIG = "/etc/xenblock/xenblock.conf"
 SCRIPT_DIR = "/etc/xen/scripts"
-DISKS = {"a": "block-file", "b": "block-cow"}  # the guest's xvda and xvdb
 
 
 def main():
@@ -56,7 +55,10 @@ def main():
     results = {"machine": {**_machine(), "storage": "tmpfs in dom0 (images, bases, CoW files, stores)",
                            "commit": os.environ.get("XENBLOCK_COMMIT", "?")}}
     with _storage(), _cow_directory(os.path.join(STORAGE, "cow")):
-        results["latency"] = _latency(client, args.repeats)
+        cases = _cases()
+        # An untimed add+remove makes the kept CoW file.
+        _cycle(client, _script("block-snapshot"), cases["block-snapshot, kept CoW file"][1], "phy")
+        results["latency"] = latency(client, cases, args.repeats)
         _save(args.out, results)  # kept if the guest below fails
         results["throughput"] = _throughput(args.rounds, args.mib)
     _save(args.out, results)
@@ -99,10 +101,10 @@ class _cow_directory:
 
 # --- add+remove latency -----------------------------------------------------
 
-def _latency(client, repeats):
-    cases = _cases()
+def latency(client, cases, repeats):
+    """Rows of medians for cases ({case: (script, target, a file to delete
+    before each add or None)}), block-file's the ratios' baseline."""
     samples = {name: [] for name in cases}
-    _cycle(client, _script("block-snapshot"), cases["block-snapshot, kept CoW file"][1], "phy")  # makes it
     for _ in range(repeats):
         for name, (script, target, fresh) in cases.items():  # interleaved: drift hits all alike
             _unlink(fresh)
@@ -163,12 +165,13 @@ def _unlink(path):
 
 # Runs in the guest (busybox sh); one line per dd: round, disk, operation,
 # /proc/uptime before and after. A failed dd marks its operation "-failed".
-SNIPPET = """M={mib}
+# Round r takes the disks in the order rotated by r (a b, b a; a b c, b c a, ...).
+SNIPPET = """M={mib};L="{letters}";n={n}
 t(){{ u=$(cut -d' ' -f1 /proc/uptime)
 if [ $o = read ];then dd if=/dev/xvd$d of=/dev/null bs=1M count=$M skip=$((r*M)) iflag=direct
 else dd if=/dev/zero of=/dev/xvd$d bs=1M count=$M seek=$((r*M)) oflag=direct;fi 2>/dev/null||o=$o-failed
 echo "$r $d $o $u $(cut -d' ' -f1 /proc/uptime)";}}
-for r in $(seq 0 {last});do s="a b";[ $((r%2)) = 1 ]&&s="b a"
+for r in $(seq 0 {last});do s=$(echo $L $L|cut -d' ' -f$((r%n+1))-$((r%n+n)))
 for o in first-write rewrite read;do for d in $s;do t;done;done;done
 """
 
@@ -177,19 +180,27 @@ def _throughput(rounds, mib):
     size = rounds * mib  # MiB: each round has a region of its own
     image = _image(os.path.join(STORAGE, "guest.img"), size << 20)
     base = _image(os.path.join(STORAGE, "guest-base.img"), size << 20)
-    disks = [disk(image, vdev="xvda"),
-             disk(f"{base} {size + 64}M", vdev="xvdb", script="block-cow")]
-    lines, status = run_guest(pathlib.Path(STORAGE), disks, SNIPPET.format(mib=mib, last=rounds - 1),
-                              timeout=1800)
+    result = guest_throughput([("block-file", disk(image, vdev="xvda")),
+                               ("block-cow", disk(f"{base} {size + 64}M", vdev="xvdb", script="block-cow"))],
+                              rounds, mib)
+    result["summary"] = _summary(result["mb_per_s"])
+    return result
+
+
+def guest_throughput(disks, rounds, mib):
+    """One guest with disks ([(name, disk entry)], vdevs xvda, xvdb, ... in
+    order) runs SNIPPET: its lines and {operation: {name: [MB/s per round]}}."""
+    letters = "abcdefgh"[:len(disks)]
+    snippet = SNIPPET.format(mib=mib, last=rounds - 1, letters=" ".join(letters), n=len(disks))
+    lines, status = run_guest(pathlib.Path(STORAGE), [entry for _, entry in disks], snippet, timeout=1800)
     if status != 0 or any("failed" in line for line in lines):
         sys.exit(f"the throughput guest failed (status {status}):\n" + "\n".join(lines))
-    samples = _mb_per_s(lines, mib)
-    return {"rounds": rounds, "mib_per_dd": mib, "guest_lines": lines, "mb_per_s": samples,
-            "summary": _summary(samples)}
+    names = {letter: name for letter, (name, _) in zip(letters, disks)}
+    return {"rounds": rounds, "mib_per_dd": mib, "guest_lines": lines, "mb_per_s": _mb_per_s(lines, mib, names)}
 
 
-def _mb_per_s(lines, mib):
-    """{operation: {script: [MB/s per round]}} from the guest's lines."""
+def _mb_per_s(lines, mib, names):
+    """{operation: {disk's name: [MB/s per round]}} from the guest's lines."""
     samples = {}
     for line in lines:
         try:
@@ -198,7 +209,7 @@ def _mb_per_s(lines, mib):
             continue
         seconds = max(float(after) - float(before), 0.01)  # /proc/uptime counts hundredths
         rate = (mib << 20) / 1e6 / seconds
-        samples.setdefault(operation, {}).setdefault(DISKS[d], []).append(round(rate, 1))
+        samples.setdefault(operation, {}).setdefault(names[d], []).append(round(rate, 1))
     return samples
 
 

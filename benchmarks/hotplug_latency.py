@@ -82,24 +82,59 @@ def _cycle(client, script, target, kind, wrap=()):
     started = time.monotonic()
     _run(wrap, script, "add", key)
     added = time.monotonic()
+    # Untimed: the udev events of what add built (four dm devices for an LVM
+    # snapshot, each probed) are over before remove, as they are when libxl
+    # removes a disk after its guest ran. Under emulation they otherwise
+    # starve remove of the CPU (a block-lvsnap remove ran out of its 10 s).
+    subprocess.run(["udevadm", "settle", "--timeout=60"], check=False)
+    removing = time.monotonic()
     _run((), script, "remove", key)
     removed = time.monotonic()
     client.delete(key.encode())  # what libxl does after remove
-    return added - started, removed - added
+    return added - started, removed - removing
 
 
 def _counts(client, script, target, kind):
-    """Processes started and xenstore requests made by one add."""
+    """Processes started and xenstore requests made by one add. strace
+    follows a daemon the add leaves running (block-tap's qemu-nbd) until
+    remove ends it, so the count is taken once the script itself exited."""
     key = _backend(client, target, kind)
     trace_start = _size(TRACE)
-    with tempfile.NamedTemporaryFile("r") as log:
-        _run(("strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none", "-o", log.name),
-             script, "add", key)
-        processes = sum(1 for line in log if "execve(" in line and "= 0" in line)
-    requests = _requests_since(trace_start)
-    _run((), script, "remove", key)
+    with tempfile.NamedTemporaryFile("r") as log, tempfile.TemporaryFile("w+") as errors:
+        tracer = subprocess.Popen(["strace", "-f", "-q", "-e", "trace=execve", "-e", "signal=none",
+                                   "-o", log.name, script, "add"], env=_env(script, key),
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        lines = _traced_until_exit(log, tracer, errors)
+        # An execve may be split in two lines ("<unfinished ...>", "<... execve resumed>) = 0").
+        processes = sum(1 for line in lines if "execve" in line and line.rstrip().endswith("= 0"))
+        requests = _requests_since(trace_start)
+        subprocess.run(["udevadm", "settle", "--timeout=60"], check=False)  # as in _cycle
+        _run((), script, "remove", key)
+        tracer.wait(timeout=120)
     client.delete(key.encode())
     return processes, requests
+
+
+def _traced_until_exit(log, tracer, errors, timeout=120):
+    """strace's whole lines ("<pid> ...") up to its first process's exit;
+    exits saying so if that was not 0."""
+    text, deadline = "", time.monotonic() + timeout
+    while True:
+        gone = tracer.poll() is not None  # asked first: then all it wrote is read below
+        text += log.read()
+        lines = text[:text.rfind("\n") + 1].splitlines()
+        words = [line.split() for line in lines]
+        ended = [w[1:] for w in words if w[0] == words[0][0] and w[1] == "+++"]
+        if ended:
+            if ended[0][:4] != ["+++", "exited", "with", "0"]:
+                sys.exit(f"traced add failed: {' '.join(ended[0])}: {lines[0][:300]}")
+            return lines
+        if gone:
+            errors.seek(0)
+            sys.exit(f"strace ended with status {tracer.returncode}: {errors.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            sys.exit(f"a traced add did not end in {timeout} s")
+        time.sleep(0.1)
 
 
 def _backend(client, target, kind):
@@ -112,12 +147,15 @@ def _backend(client, target, kind):
 
 
 def _run(wrap, script, command, key):
-    env = {"PATH": os.environ["PATH"], "XENBUS_PATH": key, "XENBUS_TYPE": "vbd",
-           "XENBUS_BASE_PATH": BASE, "script": script}
-    result = subprocess.run([*wrap, script, command], env=env, stdin=subprocess.DEVNULL,
+    result = subprocess.run([*wrap, script, command], env=_env(script, key), stdin=subprocess.DEVNULL,
                             capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"{script} {command} failed: {result.stderr[-2000:]}")
+
+
+def _env(script, key):
+    return {"PATH": os.environ["PATH"], "XENBUS_PATH": key, "XENBUS_TYPE": "vbd",
+            "XENBUS_BASE_PATH": BASE, "script": script}
 
 
 def _set_other_vbds(client, count):

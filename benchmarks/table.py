@@ -1,7 +1,9 @@
-"""Print benchmarks/results.json (block-file against the stock script) and,
-if given, benchmarks/results-dm.json (the device-mapper types) as the
-Markdown tables of RESULTS.md, with ratios."""
+"""Print the results files benchmarks/run names (results.json: block-file
+against the stock script; results-dm.json: the device-mapper types;
+results-lvsnap-tap.json: block-lvsnap and block-tap) as the Markdown tables
+of RESULTS.md, with ratios."""
 import json
+import os
 import sys
 
 
@@ -19,7 +21,7 @@ def stock_table(data):
               f"{stock['xenstore_requests_per_add']} / {ours['xenstore_requests_per_add']} |")
 
 
-def dm_tables(data):
+def latency_table(data):
     print("| disk | add (s) | remove (s) | add+remove (s) | ratio to block-file | processes per add | "
           "xenstore requests per add |")
     print("|---|---|---|---|---|---|---|")
@@ -28,6 +30,12 @@ def dm_tables(data):
               f"{r['add_remove_median_s']:.2f} | {r['ratio_to_block_file']:.2f} | {r['processes_per_add']} | "
               f"{r['xenstore_requests_per_add']} |")
     print()
+
+
+def dm_tables(data):
+    latency_table(data)
+    if "throughput" not in data:
+        return
     t = data["throughput"]
     print(f"| guest, O_DIRECT, bs=1M, {t['mib_per_dd']} MiB per dd, {t['rounds']} rounds | "
           "block-file (MB/s) | block-cow (MB/s) | ratio |")
@@ -37,12 +45,31 @@ def dm_tables(data):
               f"{s['ratio']:.2f} |")
 
 
+def lvsnap_tap_tables(data):
+    latency_table(data)
+    if "throughput" not in data:
+        return
+    t = data["throughput"]
+    names = list(next(iter(t["mb_per_s"].values())))  # the guest's disks, xvda first
+    print(f"| guest, O_DIRECT, bs=1M, {t['mib_per_dd']} MiB per dd, {t['rounds']} rounds | "
+          + " | ".join(f"{name} (MB/s)" for name in names) + " | block-tap / block-file | block-tap / qdisk |")
+    print("|---|" + "---|" * (len(names) + 2))
+    for operation, s in t["summary"].items():
+        rates = " | ".join(f"{s[name + '_median_mb_s']:.1f}" for name in names)
+        print(f"| {operation} | {rates} | {s['tap_to_file']:.2f} | {s.get('tap_to_qdisk', float('nan')):.2f} |")
+    if "qdisk_error" in t:
+        print("\nqdisk did not run:", t["qdisk_error"][-500:])
+
+
+TABLES = {"results.json": stock_table, "results-dm.json": dm_tables, "results-lvsnap-tap.json": lvsnap_tap_tables}
+
+
 def main(paths):
-    for n, path in enumerate(paths):
+    for path in paths:
         with open(path) as f:
             data = json.load(f)
         print()
-        (stock_table if n == 0 else dm_tables)(data)
+        TABLES[os.path.basename(path)](data)
         print()
         print("machine:", json.dumps(data["machine"]))
 
