@@ -83,6 +83,14 @@ def install(package):
     sh("sh", "-c", USE_OUR_BLOCK_TAP)
 
 
+def read_and_write(letters):
+    """A guest snippet: print the first 16 bytes of each /dev/xvd<letter>,
+    then write a line at sector 8 of each ("failed-<letter>" if it cannot)."""
+    return (f"for d in {' '.join(letters)}; do head -c 16 /dev/xvd$d; echo; done; "
+            f"for d in {' '.join(letters)}; do echo written-by-guest | "
+            "dd of=/dev/xvd$d bs=512 seek=8 conv=notrunc,fsync 2>/dev/null || echo failed-$d; done")
+
+
 def digest(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -109,11 +117,14 @@ def image(path, marker, size=8 << 20):
     return path
 
 
-@pytest.fixture
-def volume_group(tmp_path):
-    """A VG on a loop-backed PV with an 8M origin LV starting with its marker."""
+@pytest.fixture(scope="module")
+def volume_group(tmp_path_factory):
+    """A VG on a loop-backed PV with an 8M origin LV starting with its marker
+    (made before the leak check's first inventory, as LVM's own files under
+    /run/lvm come with it)."""
     name = f"xbdeb{os.getpid()}"
-    node = sh("losetup", "--find", "--show", image(str(tmp_path / "pv.img"), b"", 64 << 20)).strip()
+    pv = image(str(tmp_path_factory.mktemp("deb") / "pv.img"), b"", 64 << 20)
+    node = sh("losetup", "--find", "--show", pv).strip()
     try:
         sh("pvcreate", *QUIET, node)
         sh("vgcreate", *QUIET, name, node)
@@ -145,15 +156,18 @@ def test_the_deb_serves_every_disk_type_and_goes_without_touching_guest_data(tmp
              disk(f"{files['cow']} 8M", "xvdb", script="block-cow"),
              disk(f"{files['snapshot']}:{cow_file}", "xvdc", script="block-snapshot"),
              disk(f"{files['part']} 1", "xvdd", script="block-part"),
-             disk(f"{volume_group}/origin 4M", "xvde", script="block-lvsnap"),
-             disk(f"qcow2:{qcow2}", "xvdf", script="block-tap")]
+             disk(f"qcow2:{qcow2}", "xvde", script="block-tap")]
     before = {path: digest(path) for path in (files["cow"], files["snapshot"], f"/dev/{volume_group}/origin")}
-    snippet = ("for d in a b c d e f; do head -c 16 /dev/xvd$d; echo; done; "
-               "for d in a b c d e f; do echo written-by-guest | "
-               "dd of=/dev/xvd$d bs=512 seek=8 conv=notrunc,fsync 2>/dev/null || echo failed-$d; done")
-    lines, status = run_guest(tmp_path, disks, snippet)
-    assert status == 0 and lines[:6] == ["mark-of-file....", "mark-of-cow.....", "mark-of-snapshot",
-                                         "mark-of-part....", "mark-of-lvsnap..", "mark-of-tap....."], lines
+    lines, status = run_guest(tmp_path, disks, read_and_write("abcde"))
+    assert status == 0 and lines[:5] == ["mark-of-file....", "mark-of-cow.....", "mark-of-snapshot",
+                                         "mark-of-part....", "mark-of-tap....."], lines
+    assert not [line for line in lines if line.startswith("failed-")], lines
+    # block-lvsnap in a guest of its own: libxl runs a guest's hotplug scripts
+    # all at once, and under emulation LVM's lvcreate beside five others
+    # outlasts libxl's 40 s (issue 11 covers many disks at once).
+    lines, status = run_guest(tmp_path, [disk(f"{volume_group}/origin 4M", "xvda", script="block-lvsnap")],
+                              read_and_write("a"))
+    assert status == 0 and lines[:1] == ["mark-of-lvsnap.."], lines
     assert not [line for line in lines if line.startswith("failed-")], lines
     # The guest's writes: kept in the image, the partition and the qcow2;
     # not in block-cow's base, block-snapshot's base or the LVM origin.
