@@ -186,9 +186,15 @@ def test_the_deb_serves_every_disk_type_and_goes_without_touching_guest_data(tmp
 
     kept = {path: digest(path) for path in (*files.values(), qcow2, cow_file)}
     sh("sh", "-c", "rm /etc/xen/scripts/block-tap && dpkg-divert --local --rename --remove /etc/xen/scripts/block-tap")
+    # The scripts under /etc/xen/scripts are conffiles, as Xen's own are
+    # (xen-utils-common): dpkg -r keeps them with the config, -P removes them.
+    conffiles = [*(f"{SCRIPTS}/block-{name}" for name in ("file", "cow", "snapshot", "part", "lvsnap")),
+                 "/etc/xenblock/xenblock.conf"]
     sh("dpkg", "-r", "--no-triggers", "xenblock")
-    assert not glob.glob(f"{SCRIPTS}/block-cow") and os.path.exists("/etc/xenblock/xenblock.conf")
+    assert not glob.glob("/usr/lib/python3/dist-packages/xenblock/*.py") and not os.path.exists(
+        "/usr/libexec/xenblock/block-tap")
+    assert [path for path in conffiles if not os.path.exists(path)] == []
     sh("dpkg", "-P", "--no-triggers", "xenblock")
-    assert not os.path.exists("/etc/xenblock/xenblock.conf")
+    assert [path for path in conffiles if os.path.exists(path)] == []
     assert {path: digest(path) for path in kept} == kept
     assert "xenblock" not in sh("lvs", "--noheadings", "-o", "lv_name", volume_group)
