@@ -21,9 +21,13 @@ As a CLI:
 import argparse
 import base64
 import glob
+import gzip
+import io
+import lzma
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -70,17 +74,59 @@ menuentry 'xenblock test guest' {
 
 
 def kernel():
-    """The guest's kernel: in dom0 the one the host chose, on the host the newest in /boot."""
+    """The guest's kernel, an uncompressed ELF: in dom0 the one the host
+    unpacked (XENBLOCK_GUEST_KERNEL), on the host unpacked from the newest
+    /boot/vmlinuz if stale.
+
+    Why unpacked: libxc decompresses a bzImage's XZ payload on every xl
+    create, which takes 20 s under TCG (a guest's whole boot takes 7 s); an
+    ELF is copied in 0.5 s. dom0 boots the same ELF, sparing Xen the same work.
+    """
     if os.environ.get("XENBLOCK_GUEST_KERNEL"):
         return os.environ["XENBLOCK_GUEST_KERNEL"]
     kernels = sorted(glob.glob("/boot/vmlinuz-*"), key=_version_key)
     if not kernels:
         sys.exit("guest: no /boot/vmlinuz-*: install linux-image-amd64")
-    return kernels[-1]
+    path = os.path.join(BUILD, "vmlinux-" + kernel_version(kernels[-1]))
+    if not os.path.exists(path) or os.path.getmtime(kernels[-1]) > os.path.getmtime(path):
+        _unpack_bzimage(kernels[-1], path)
+    return path
+
+
+def packed_kernel():
+    """The guest's kernel gzipped, for boot disks (see write_boot_disk):
+    beside kernel(), written with it on the host."""
+    return kernel() + ".gz"
+
+
+def _unpack_bzimage(bzimage, path):
+    """Write the ELF inside bzimage to path, and path.gz (gzip -1: libxc
+    unpacks that in 3 s under TCG, against 20 s for XZ)."""
+    with open(bzimage, "rb") as f:
+        image = f.read()
+    # The x86 boot protocol's setup header: setup_sects at 0x1f1; the payload's
+    # offset (from the protected-mode code, after the setup sectors) and length.
+    setup_sects = image[0x1F1] or 4
+    offset, length = struct.unpack_from("<II", image, 0x248)
+    payload = image[(setup_sects + 1) * 512 + offset:][:length]
+    if payload.startswith(b"\xfd7zXZ\x00"):
+        elf = lzma.LZMADecompressor().decompress(payload)
+    elif payload.startswith(b"\x1f\x8b"):
+        elf = gzip.GzipFile(fileobj=io.BytesIO(payload)).read()
+    else:
+        sys.exit(f"guest: {bzimage}: the kernel is neither XZ- nor gzip-compressed; cannot unpack it")
+    if not elf.startswith(b"\x7fELF"):
+        sys.exit(f"guest: {bzimage}: its payload is not an ELF kernel")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for name, data in ((path + ".gz", gzip.compress(elf, 1)), (path, elf)):  # the ELF last: it marks done
+        with open(name + ".tmp", "wb") as f:
+            f.write(data)
+        os.rename(name + ".tmp", name)
 
 
 def kernel_version(path=None):
-    return os.path.basename(path or kernel()).removeprefix("vmlinuz-")
+    """The kernel's release, from its file name (vmlinuz-<release> or vmlinux-<release>)."""
+    return re.sub(r"^vmlinu[xz]-", "", os.path.basename(path or kernel()))
 
 
 def initramfs():
@@ -130,7 +176,7 @@ def write_boot_disk(path, size=24 << 20):
     under /boot and a grub.cfg naming them."""
     with tempfile.TemporaryDirectory() as tree:
         os.makedirs(os.path.join(tree, "boot", "grub"))
-        shutil.copy(kernel(), os.path.join(tree, "boot", "vmlinuz"))
+        shutil.copy(packed_kernel(), os.path.join(tree, "boot", "vmlinuz"))
         shutil.copy(initramfs(), os.path.join(tree, "boot", "initrd.img"))
         with open(os.path.join(tree, "boot", "grub", "grub.cfg"), "w") as f:
             f.write(GRUB_CFG)
