@@ -162,11 +162,7 @@ def device_filter():
 
 def _our_kernel_names():
     names = []
-    try:
-        markers = os.listdir(MARKER_DIR)
-    except FileNotFoundError:
-        markers = []
-    for marker in markers:
+    for marker in listdir(MARKER_DIR):
         if marker.startswith("loop") and marker[4:].isdigit():
             names += [marker, f"block/7:{marker[4:]}"]
     for entry in listdir(SYS_BLOCK):
@@ -183,8 +179,6 @@ def _is_ours(dm_entry):
     # hold "-xenblock--" (a VG whose own name holds that too is filtered as
     # well, which only keeps LVM from looking for PVs on its LVs).
     return uuid.startswith("XENBLOCK-") or (uuid.startswith("LVM-") and "-xenblock--" in name)
-
-
 
 
 def _run(argv, step, kind, deadline, log):
