@@ -6,6 +6,8 @@ The points come from a trace of a successful run (strace), so they follow
 the code; the kill is strace's own fault injection (inject=SYSCALL:
 signal=KILL:when=N), with no hook in xenblock.
 """
+import os
+import random
 import re
 import signal
 from collections import namedtuple
@@ -24,6 +26,22 @@ LINE = re.compile(r"^\d+\s+(\w+)\((.*)")
 # A disk to kill: its script and target, the image whose loop devices must
 # all go, where the guest's device shows MARKER, and the run's environment.
 Disk = namedtuple("Disk", "script target image marker_at env", defaults=({},))
+
+
+def sampled(points):
+    """The points this run tries. Every one with XENBLOCK_KILL_POINTS=all;
+    else at most XENBLOCK_KILL_POINTS (default 8) drawn with the seed
+    XENBLOCK_KILL_SEED (default: a new one each run), in their order. The
+    seed is printed: pytest shows it with a failure, and the same seed
+    draws the same points again. Under emulation every point costs a few
+    script runs of two seconds; tools/test passes both variables into the VM."""
+    wanted = os.environ.get("XENBLOCK_KILL_POINTS", "8")
+    if wanted == "all" or len(points) <= int(wanted):
+        return points
+    seed = int(os.environ.get("XENBLOCK_KILL_SEED") or random.SystemRandom().randrange(1 << 32))
+    print(f"kill points: {wanted} of {len(points)}, XENBLOCK_KILL_SEED={seed}")
+    chosen = set(random.Random(seed).sample(range(len(points)), int(wanted)))
+    return [point for index, point in enumerate(points) if index in chosen]
 
 
 def changing_calls(driver, disk, command, key, tmp_path):
