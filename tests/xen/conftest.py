@@ -40,7 +40,16 @@ def leak_check(xs_client):
     yield
     inventory.wait_for_quiet()
     leaked = inventory.difference(before, inventory.take(xs_client))
-    assert not leaked, f"left behind: {leaked}"
+    assert not leaked, f"left behind: {leaked}\nxen-hotplug.log ends:\n{_log_tail()}"
+
+
+def _log_tail(lines=25):
+    """What the scripts said last: why a remove left something."""
+    try:
+        with open("/var/log/xen/xen-hotplug.log", errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError as e:
+        return f"(unreadable: {e.strerror})"
 
 
 @pytest.fixture
