@@ -14,9 +14,9 @@ which empties /run/xenblock) left, which is removed and made afresh instead
 of failing with "already exists". An LV of that name without our tag is a
 user's: refused, never touched.
 
-The record names the LV before lvcreate runs; its undo removes exactly that
-LV (name, our tag, and its UUID once known), and nothing if it is gone. A
-kept snapshot's undo leaves it be. The origin counts as read for the sharing
+The record names the LV before lvcreate runs; its undo (in xenblock.build)
+removes exactly that LV (name, our tag, and its UUID once known), and
+nothing if it is gone. A kept snapshot's undo leaves it be. The origin counts as read for the sharing
 check: a guest writing it refuses the add (a snapshot of a live writer is
 only crash-consistent) unless [lvsnap] live_origin allows it.
 """
@@ -111,12 +111,6 @@ def attach(spec, uses, request, build):
     kind = "thin snapshot" if spec.origin.thin else f"{sizes.text(found.size)} snapshot"
     return Device(found.path, found.devnum, f"{kind} {found.full_name} of {spec.origin_name} ({what}"
                                             f"{', kept at destroy' if spec.keep else ''})")
-
-
-def undo_lvsnap(step, state, deadline):
-    """Remove the snapshot the step names, unless it is kept."""
-    if not step.get("keep"):
-        lvm.remove_ours(step["vg"], step["lv"], step.get("uuid"), deadline)
 
 
 def _check_size(spec):
