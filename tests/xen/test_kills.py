@@ -8,8 +8,7 @@ every call on the host tier (tests/host/test_kills.py); every point here
 costs a few script runs of about two seconds under emulation, so after a
 killed add the next run is remove and add by turns, and each test tries 8
 of its points drawn with a seed it prints (tests/support/kills.py
-sampled: XENBLOCK_KILL_POINTS=all tools/test tries every one, about 7
-minutes for both types)."""
+sampled: XENBLOCK_KILL_POINTS=all tools/test tries every one)."""
 import pytest
 
 from tests.support import inventory

@@ -16,9 +16,10 @@ user's: refused, never touched.
 
 The record names the LV before lvcreate runs; its undo (in xenblock.build)
 removes exactly that LV (name, our tag, and its UUID once known), and
-nothing if it is gone. A kept snapshot's undo leaves it be. The origin counts as read for the sharing
-check: a guest writing it refuses the add (a snapshot of a live writer is
-only crash-consistent) unless [lvsnap] live_origin allows it.
+nothing if it is gone. A kept snapshot's undo leaves it be. The origin
+counts as read for the sharing check: a guest writing it refuses the add (a
+snapshot of a live writer is only crash-consistent) unless [lvsnap]
+live_origin allows it.
 """
 import re
 
