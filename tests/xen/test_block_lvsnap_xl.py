@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.support import hostile_cases
-from tests.xen.xl import config, disk, paused_guest, run_guest, wait_gone, xl
+from tests.xen.xl import config, create_on_console, disk, guest_result, paused_guest, run_guest, xl
 
 SCRIPT = "block-lvsnap"
 MARK = b"xenblock-lvsnap-origin"
@@ -162,11 +162,7 @@ def test_a_kept_snapshot_is_found_again_with_the_guests_changes(vg, tmp_path, ke
     seen = []
     try:
         for _ in range(2):
-            result = xl("create", "-c", path, timeout=300)
-            assert result.returncode == 0, result.stderr
-            wait_gone(name)
-            seen.append([line.split("XBGUEST: ", 1)[1].rstrip("\r") for line in result.stdout.splitlines()
-                         if "XBGUEST: " in line])
+            seen.append(guest_result(create_on_console(name, path))[0])
         kept = logical_volumes(vg) - volumes
         assert kept == {f"xenblock-{name}-xvda"}, kept
         tags = sh("lvs", "--noheadings", "-o", "lv_tags", f"{vg}/xenblock-{name}-xvda").strip().split(",")

@@ -12,7 +12,7 @@ import pytest
 from tests.support import libxlu
 from tests.vm import guest
 from tests.xen.test_block_cow_xl import digest
-from tests.xen.xl import config, guest_result, wait_gone, xl
+from tests.xen.xl import config, create_on_console, guest_result, wait_gone, xl
 from xenblock import xlconfig
 
 XENBLOCK = os.path.join(os.environ.get("XENBLOCK_VENV", "/nonexistent"), "bin", "xenblock")
@@ -67,9 +67,6 @@ def test_a_migrated_xend_config_boots_its_cow_disk(images, tmp_path):
     # every other byte as it was
     assert open(path).read() == original.replace(f"'cow:{base} 8,xvda,w'",
                                                  f"'vdev=xvda,access=w,script=block-cow,target={base} 8'")
-    result = xl("create", "-c", path, timeout=300)
-    assert result.returncode == 0, result.stderr
-    wait_gone(name)
-    lines, status = guest_result(result.stdout)
+    lines, status = guest_result(create_on_console(name, path))
     assert status == 0 and lines[0] == mark.decode() and "wrote 0" in lines, lines
     assert digest(base) == before

@@ -24,13 +24,28 @@ def config(tmp_path, disks, snippet="true", **options):
     return name, str(path)
 
 
-def run_guest(tmp_path, disks, snippet, timeout=300, **options):
+def run_guest(tmp_path, disks, snippet, timeout=150, **options):
     """xl create -c: the guest's XBGUEST lines and exit status, once it is gone."""
     name, path = config(tmp_path, disks, snippet, **options)
-    result = xl("create", "-c", path, timeout=timeout)
+    return guest_result(create_on_console(name, path, timeout))
+
+
+def create_on_console(name, path, timeout=150):
+    """xl create -c of config path for domain name: its console, once the
+    domain is gone. A guest runs about 10 s; one still running at timeout
+    is destroyed and fails the test with what its console showed (in the
+    snippet, after it, in poweroff), so the next test starts clean."""
+    try:
+        result = xl("create", "-c", path, timeout=timeout)
+    except subprocess.TimeoutExpired as hung:
+        xl("destroy", name)
+        wait_gone(name)
+        console = (hung.stdout or b"").decode(errors="replace")
+        raise AssertionError(f"guest {name} still running after {timeout} s; its console:\n"
+                             f"{console[-3000:]}") from None
     assert result.returncode == 0, f"xl create failed:\n{result.stdout}\n{result.stderr}"
     wait_gone(name)
-    return guest_result(result.stdout)
+    return result.stdout
 
 
 def guest_result(console):
