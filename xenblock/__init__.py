@@ -15,4 +15,5 @@ Layout (one job per module):
   procfs     who holds a lock or a device, for errors
   config     /etc/xenblock/xenblock.conf
   log        one line per add/remove to xen-hotplug.log and syslog
+  upgrade    a run holds the installed code; a package upgrade waits for it
 """

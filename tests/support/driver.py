@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pyxs
 
+from xenblock import upgrade
 from xenblock.state import StateDir
 
 _devids = itertools.count(51712, 16)
@@ -112,11 +113,12 @@ class Driver:
         StateDir(self.state_dir).save(record)
 
     def state_files(self):
-        """Every file under the state directory (records, locks, udev markers)."""
+        """Every file under the state directory (records, locks, udev
+        markers) but the upgrade lock, kept on purpose (xenblock/upgrade.py)."""
         found = []
         for directory, _, files in os.walk(self.state_dir):
             found += [os.path.join(directory, name) for name in files]
-        return sorted(found)
+        return sorted(set(found) - {upgrade.LOCK})
 
     def cleanup(self):
         for key in self.keys:

@@ -13,7 +13,9 @@ import time
 # leaves: udev's database follows devices (checked directly above); virtme
 # keeps the VM's writable /tmp, /etc, /var ... under /run/tmp (tests make
 # files in /tmp on purpose).
-RUN_EXCLUDED = ("/run/udev/", "/run/tmp/virtme_", "/run/xen/domid-history")
+# xenblock's upgrade lock is made by the first script run and kept on purpose
+# (xenblock/upgrade.py: the package's preinst takes it).
+RUN_EXCLUDED = ("/run/udev/", "/run/tmp/virtme_", "/run/xen/domid-history", "/run/xenblock/upgrade.lock")
 # libxl creates these the first time a domain starts and keeps them, empty,
 # for the next: toolstack state, not something a test leaves.
 XENSTORE_KEPT = {"/libxl", "/vm"}
