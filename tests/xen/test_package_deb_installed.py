@@ -17,6 +17,7 @@ import hashlib
 import os
 import struct
 import subprocess
+import time
 
 import pytest
 
@@ -198,3 +199,67 @@ def test_the_deb_serves_every_disk_type_and_goes_without_touching_guest_data(tmp
     assert [path for path in conffiles if os.path.exists(path)] == []
     assert {path: digest(path) for path in kept} == kept
     assert "xenblock" not in sh("lvs", "--noheadings", "-o", "lv_name", volume_group)
+
+
+# A hotplug run as /etc/xen/scripts/block-file starts one (xenblock/upgrade.py),
+# stopped after its first line until told to go on; then the script itself.
+HELD_RUN = """import runpy, sys
+from xenblock import upgrade
+sys.argv = ["/etc/xen/scripts/block-file", "remove"]
+upgrade.hold_code(sys.argv)
+print("held", flush=True)
+sys.stdin.readline()
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def next_version(package, tmp_path):
+    """package rebuilt as its next version, whose hotplug module cannot be
+    imported beside the installed version's package __init__: a run that
+    mixes the two fails."""
+    tree = tmp_path / "next"
+    sh("dpkg-deb", "-R", package, str(tree))
+    control = tree / "DEBIAN" / "control"
+    version = sh("dpkg-deb", "-f", package, "Version").strip() + "+next1"
+    control.write_text("".join(f"Version: {version}\n" if line.startswith("Version:") else line
+                               for line in control.read_text().splitlines(keepends=True)))
+    library = tree / "usr" / "lib" / "python3" / "dist-packages" / "xenblock"
+    with open(library / "__init__.py", "a") as f:
+        f.write("\nNEXT_VERSION = True\n")
+    hotplug = library / "hotplug.py"
+    hotplug.write_text("from . import NEXT_VERSION  # noqa: F401\n" + hotplug.read_text())
+    path = str(tmp_path / f"xenblock_{version}_all.deb")
+    sh("dpkg-deb", "-b", str(tree), path)
+    return path, version
+
+
+def test_an_upgrade_waits_for_a_running_hotplug_run_which_keeps_the_old_code(tmp_path, namespace):
+    install(the_package())
+    upgraded, version = next_version(the_package(), tmp_path)
+    run = subprocess.Popen(["python3", "-c", HELD_RUN], text=True, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           cwd=tmp_path, env={"PATH": os.environ["PATH"], "XENBUS_PATH": "backend/vbd/0/60000"})
+    dpkg = None
+    try:
+        assert run.stdout.readline() == "held\n"
+        dpkg = subprocess.Popen(["dpkg", "-i", "--no-triggers", upgraded], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(300):
+            if os.path.exists("/run/xenblock/upgrading") or dpkg.poll() is not None:
+                break
+            time.sleep(0.1)
+        time.sleep(2)
+        assert dpkg.poll() is None, "dpkg replaced the code of a hotplug run going on"
+        out, err = run.communicate("go\n", timeout=60)
+        assert run.returncode == 0, err  # old code throughout: the new hotplug would not import
+        assert dpkg.wait(timeout=120) == 0, dpkg.stdout.read()
+    finally:
+        run.kill()
+        if dpkg:
+            dpkg.kill()
+    assert sh("dpkg-query", "-W", "-f", "${Version}", "xenblock") == version
+    assert not os.path.exists("/run/xenblock/upgrading"), "the old postrm ends the upgrade"
+    # The new code serves a guest.
+    path = image(str(tmp_path / "after.img"), b"mark-of-upgrade.")
+    lines, status = run_guest(tmp_path, [disk(path)], "head -c 16 /dev/xvda; echo")
+    assert status == 0 and lines[:1] == ["mark-of-upgrade."], lines
