@@ -1,9 +1,10 @@
 """A script killed at every point where it changes something (see
 tests/support/kills.py): the next add or remove of the disk must finish the
-job, with nothing left and the image's data intact. block-file and
-block-part here; the same runs under emulation would take minutes, and the
-kernel parts involved (loop devices, flock, rename) are the host's too. The
-device-mapper types have theirs in the VM tier (tests/xen/test_kills.py)."""
+job, with nothing left and the image's data intact. block-file, block-part
+and block-tap's raw images here; the same runs under emulation would take
+minutes, and the kernel parts involved (loop devices, flock, rename) are the
+host's too. The device-mapper types have theirs in the VM tier
+(tests/xen/test_kills.py)."""
 import pytest
 
 from tests.support.cases import loops_of
@@ -12,13 +13,16 @@ from tests.support.kills import (MARKER, Disk, changing_calls, failed, fresh_bac
 from tests.support.part_cases import MIB, sfdisk
 
 
-@pytest.fixture(params=["block-file", "block-part"])
+@pytest.fixture(params=["block-file", "block-part", "block-tap"])
 def disk(request, images):
-    """A disk whose device shows MARKER at 1 MiB: an image, or partition 1
-    of one (at 1 MiB, 3 MiB long)."""
+    """A disk whose device shows MARKER at 1 MiB: an image (block-tap's raw
+    one too, through a loop device), or partition 1 of one (at 1 MiB, 3 MiB
+    long)."""
     path = images(f"killed-{request.param}.img", size=4 * MIB)
     if request.param == "block-file":
         return _marked(Disk("block-file", path, path, 1 * MIB), 1 * MIB)
+    if request.param == "block-tap":
+        return _marked(Disk("block-tap", f"raw:{path}", path, 1 * MIB), 1 * MIB)
     sfdisk(path, "1MiB,3MiB\n")
     return _marked(Disk("block-part", f"{path} 1", path, 1 * MIB), 2 * MIB)
 

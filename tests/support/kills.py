@@ -61,6 +61,7 @@ def changing_calls(driver, disk, command, key, tmp_path):
         if _changes_state(name, args):
             points.append((name, counts[name], line))
     assert points, "the trace shows no state-changing call"
+    print(f"{disk.script} {command}: {len(points)} state-changing calls")  # RELIABILITY.md's figures
     return points
 
 
