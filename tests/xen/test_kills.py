@@ -1,21 +1,30 @@
 """block-cow and block-snapshot killed where add or remove changes a
 kernel object or a file of the disk's (tests/support/kills.py): at every
 loop and device-mapper ioctl, and every call on the test's files (the CoW
-file, the store). The next run must finish the job: no snapshot, loop
-device, store or record left, the base as it was, its data served again.
+file, the store); block-lvsnap and block-tap (qcow2) where the script
+starts or signals a child (lvcreate, lvremove; qemu-img, qemu-nbd) and
+saves or drops its record. The next run must finish the job: no snapshot,
+LV, loop or nbd device, qemu-nbd, store or record left, the base as it
+was, its data served again.
 The record and lock machinery these share with block-file is killed at
 every call on the host tier (tests/host/test_kills.py); every point here
 costs a few script runs of about two seconds under emulation, so after a
 killed add the next run is remove and add by turns, and each test tries 8
 of its points drawn with a seed it prints (tests/support/kills.py
 sampled: XENBLOCK_KILL_POINTS=all tools/test tries every one)."""
+import os
+import subprocess
+
 import pytest
 
 from tests.support import inventory
 from tests.support.cases import loops_of
 from tests.support.cow_cases import cow_env
-from tests.support.kills import MARKER, Disk, changing_calls, kill_add_at_each, kill_remove_at_each, run, sampled
-from xenblock import dm
+from tests.support.kills import (CHILD_STARTS, MARKER, Disk, changing_calls, kill_add_at_each, kill_remove_at_each,
+                                 run, sampled)
+from tests.xen.test_block_tap_xl import qemu_nbd_running
+from xenblock import dm, nbd
+from xenblock.state import RECORD_SUFFIX, STATE_DIR
 
 MIB = 1 << 20
 
@@ -64,3 +73,78 @@ def test_remove_killed_at_each_device_step_then_remove_again_leaves_nothing(driv
     points = points_of(driver, disk, "remove", key, tmp_path)
     assert any("DM_DEV_REMOVE" in line for _, _, line in points), points
     kill_remove_at_each(driver, disk, key, sampled(points), lambda: leftovers(driver, disk, loops_before))
+
+
+# block-lvsnap and block-tap make their kernel objects through a child
+# (lvcreate; qemu-nbd, then a netlink connect): their points are where the
+# script starts or signals one, and where it saves or drops its record.
+
+@pytest.fixture(scope="module")
+def volume_group(tmp_path_factory):
+    """A VG with an 8M origin `orig` showing MARKER at 1 MiB."""
+    name = f"xbkill{os.getpid()}"
+    pv = tmp_path_factory.mktemp("kills") / "pv.img"
+    with open(pv, "wb") as f:
+        f.truncate(48 * MIB)
+    node = subprocess.run(["losetup", "--find", "--show", str(pv)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    try:
+        for argv in (["pvcreate", node], ["vgcreate", name, node], ["lvcreate", "-y", "-L", "8M", "-n", "orig", name]):
+            subprocess.run([argv[0], *LVM_QUIET, *argv[1:]], check=True, capture_output=True)
+        with open(f"/dev/{name}/orig", "r+b") as f:
+            f.seek(MIB)
+            f.write(MARKER)
+        yield name
+    finally:
+        subprocess.run(["vgremove", *LVM_QUIET, "-y", "-ff", name], capture_output=True)
+        subprocess.run(["losetup", "-d", node], check=True)
+
+
+LVM_QUIET = ["-q", "--config", "backup { backup = 0 archive = 0 }"]
+
+
+@pytest.fixture(params=["block-lvsnap", "block-tap"])
+def child_disk(request, images, volume_group):
+    if request.param == "block-lvsnap":
+        return Disk("block-lvsnap", f"{volume_group}/orig 4M", f"/dev/{volume_group}/orig", MIB)
+    raw = images("killed-tap.raw", size=4 * MIB)
+    with open(raw, "r+b") as f:
+        f.seek(MIB)
+        f.write(MARKER)
+    qcow2 = raw.removesuffix(".raw") + ".qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2], check=True, capture_output=True)
+    return Disk("block-tap", f"qcow2:{qcow2}", qcow2, MIB)
+
+
+def child_points(driver, disk, command, key, tmp_path):
+    return [point for point in changing_calls(driver, disk, command, key, tmp_path)
+            if point[0] in (*CHILD_STARTS, "kill") or (STATE_DIR in point[2] and RECORD_SUFFIX in point[2])]
+
+
+def child_leftovers(driver, disk, volume_group):
+    found = {"records": driver.state_files(), "nbd devices": nbd.ours(),
+             "qemu-nbd": [disk.image] if qemu_nbd_running(disk.image) else [],
+             "snapshots": sorted(set(subprocess.run(["lvs", "--noheadings", "-o", "lv_name", volume_group],
+                                                    capture_output=True, text=True).stdout.split()) - {"orig"})}
+    return {kind: what for kind, what in found.items() if what}
+
+
+def test_lvsnap_and_tap_add_killed_at_each_step_then_remove_or_add_finishes_the_job(driver, child_disk, volume_group,
+                                                                                    tmp_path):
+    disk = child_disk
+    key = driver.backend(disk.target, script=disk.script)
+    points = child_points(driver, disk, "add", key, tmp_path)
+    assert any(name in CHILD_STARTS for name, _, _ in points), points
+    assert run(driver, disk, "remove", key).returncode == 0
+    kill_add_at_each(driver, disk, key, sampled(points), lambda: child_leftovers(driver, disk, volume_group),
+                     alternate=True)
+
+
+def test_lvsnap_and_tap_remove_killed_at_each_step_then_remove_again_leaves_nothing(driver, child_disk, volume_group,
+                                                                                   tmp_path):
+    disk = child_disk
+    key = driver.backend(disk.target, script=disk.script)
+    assert run(driver, disk, "add", key).returncode == 0
+    points = child_points(driver, disk, "remove", key, tmp_path)
+    assert points, "remove shows no point"
+    kill_remove_at_each(driver, disk, key, sampled(points), lambda: child_leftovers(driver, disk, volume_group))
