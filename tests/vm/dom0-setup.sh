@@ -29,6 +29,8 @@ if ! pgrep -x systemd-udevd > /dev/null; then
     /lib/systemd/systemd-udevd --daemon || die "udevd is not running and does not start"
 fi
 udevadm settle --timeout=60 || die "udevadm settle fails"
+# ... and restarted if it dies, as systemd does on a real host.
+setsid python3 "$ROOT/tests/vm/keep-udevd.py" </dev/null >/dev/null 2>&1 &
 
 # virtme's init binds a generated config from /run/tmp/lvm over /etc/lvm, so
 # LVM's archive and backup files would land under /run, where no real dom0
