@@ -33,14 +33,14 @@ LINE = re.compile(r"^(\w+)\((.*)")
 Disk = namedtuple("Disk", "script target image marker_at env", defaults=({},))
 
 
-def sampled(points):
+def sampled(points, default=8):
     """The points this run tries. Every one with XENBLOCK_KILL_POINTS=all;
-    else at most XENBLOCK_KILL_POINTS (default 8) drawn with the seed
+    else at most XENBLOCK_KILL_POINTS (else default) drawn with the seed
     XENBLOCK_KILL_SEED (default: a new one each run), in their order. The
     seed is printed: pytest shows it with a failure, and the same seed
     draws the same points again. Under emulation every point costs a few
     script runs of two seconds; tools/test passes both variables into the VM."""
-    wanted = os.environ.get("XENBLOCK_KILL_POINTS", "8")
+    wanted = os.environ.get("XENBLOCK_KILL_POINTS", str(default))
     if wanted == "all" or len(points) <= int(wanted):
         return points
     seed = int(os.environ.get("XENBLOCK_KILL_SEED") or random.SystemRandom().randrange(1 << 32))

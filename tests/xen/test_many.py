@@ -1,0 +1,94 @@
+"""Many disks on one base at the same moment (issue 11, item 3), driven as
+libxl drives the scripts but with no guests: block-cow and block-snapshot
+share the base's read-only loop device among their snapshots, so their adds
+and removes meet on the base's lock and its shared objects.
+
+Each run's figures are printed (pytest -s shows them; RELIABILITY.md keeps
+them): the wall time of the adds started at once, and of the removes."""
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.support.cow_cases import cow_env
+from tests.support.fixtures import read_at
+from tests.xen.test_block_cow import MARK, base_loops, digest
+from xenblock import dm
+
+MANY = 32
+FIRST_DOMAIN = 31000  # one domain per disk: snapshots of different guests
+
+
+def targets(script, base, tmp_path, count):
+    if script == "block-cow":
+        return [f"{base} 8M"] * count
+    return [f"{base}:{tmp_path / f'many-{index}.cow'}" for index in range(count)]
+
+
+def at_once(command, driver, script, keys, env):
+    """command run for every key at the same moment; the results and the wall time."""
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(keys)) as pool:
+        results = list(pool.map(lambda key: driver.run(command, key, script=script, env=env), keys))
+    return results, time.monotonic() - started
+
+
+def failures(keys, results):
+    return [(key, result.returncode, result.stderr.strip()[-300:])
+            for key, result in zip(keys, results) if result.returncode != 0]
+
+
+def our_devices():
+    return [device.name for device in dm.list_devices() if device.uuid.startswith(dm.UUID_PREFIX)]
+
+
+@pytest.mark.parametrize("script", ["block-cow", "block-snapshot"])
+def test_many_adds_at_once_share_one_base_device_and_many_removes_leave_nothing(driver, images, tmp_path, script):
+    base = images("many-base.img", MARK, size=16 << 20)
+    before = digest(base)
+    env = cow_env(driver, tmp_path) if script == "block-cow" else {}
+    keys = [driver.backend(target, script=script, frontend_id=FIRST_DOMAIN + index)
+            for index, target in enumerate(targets(script, base, tmp_path, MANY))]
+    results, add_time = at_once("add", driver, script, keys, env)
+    assert failures(keys, results) == []
+    assert len(base_loops(base)) == 1, base_loops(base)
+    nodes = {driver.read(f"{key}/physical-device-path") for key in keys}
+    assert len(nodes) == MANY
+    assert all(read_at(node, 0, len(MARK)) == MARK for node in nodes)
+    results, remove_time = at_once("remove", driver, script, keys, env)
+    print(f"{script}: {MANY} adds at once {add_time:.1f} s, {MANY} removes at once {remove_time:.1f} s")
+    assert failures(keys, results) == []
+    assert base_loops(base) == [] and our_devices() == []
+    assert [key for key in keys if driver.record(key) is not None] == []
+    assert digest(base) == before
+
+
+def test_adds_and_removes_in_random_order_agree_with_the_records_at_every_quiet_point(driver, images, tmp_path):
+    seed = int(os.environ.get("XENBLOCK_MANY_SEED") or random.SystemRandom().randrange(1 << 32))
+    print(f"XENBLOCK_MANY_SEED={seed}")
+    chance = random.Random(seed)
+    base = images("shuffled-base.img", MARK, size=16 << 20)
+    env = cow_env(driver, tmp_path)
+    keys = [driver.backend(f"{base} 8M", script="block-cow", frontend_id=FIRST_DOMAIN + index) for index in range(6)]
+    up = set()
+    for round_number in range(6):
+        # Some disks change state at once, each the other way round.
+        moving = chance.sample(keys, chance.randint(2, len(keys)))
+        adds = [key for key in moving if key not in up]
+        removes = [key for key in moving if key in up]
+        chance.shuffle(moving)
+        with ThreadPoolExecutor(len(moving)) as pool:
+            results = list(pool.map(
+                lambda key: driver.run("remove" if key in removes else "add", key, script="block-cow", env=env),
+                moving))
+        assert failures(moving, results) == [], (seed, round_number)
+        up = (up | set(adds)) - set(removes)
+        # A quiet point: the records, the devices and the base's loop device agree.
+        recorded = {key for key in keys if driver.record(key) is not None}
+        assert recorded == up, (seed, round_number)
+        assert len(our_devices()) == len(up), (seed, round_number, our_devices())
+        assert len(base_loops(base)) == (1 if up else 0), (seed, round_number)
+    results, _ = at_once("remove", driver, "block-cow", keys, env)
+    assert failures(keys, results) == [] and base_loops(base) == [] and our_devices() == []
