@@ -42,6 +42,7 @@ def sampled(points, default=8):
     script runs of two seconds; tools/test passes both variables into the VM."""
     wanted = os.environ.get("XENBLOCK_KILL_POINTS", str(default))
     if wanted == "all" or len(points) <= int(wanted):
+        print(f"kill points: all {len(points)}")
         return points
     seed = int(os.environ.get("XENBLOCK_KILL_SEED") or random.SystemRandom().randrange(1 << 32))
     print(f"kill points: {wanted} of {len(points)}, XENBLOCK_KILL_SEED={seed}")
