@@ -121,6 +121,9 @@ def _flock_within(fd, deadline, what):
 
     def expire(signum, frame):
         from .procfs import flock_holder
+        if waited == 0:  # a run that started late (a busy dom0) has nothing left to wait with
+            raise LockTimeout(f"{what} is held by {flock_holder(fd)}, and this run has no time left "
+                              f"to wait for it: libxl's time limit is used up")
         raise LockTimeout(f"waited {waited:.1f} s for {what}, held by {flock_holder(fd)}")
 
     previous = signal.signal(signal.SIGALRM, expire)

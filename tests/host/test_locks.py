@@ -50,9 +50,12 @@ def test_an_expired_deadline_does_not_wait_at_all(tmp_path):
     path = str(tmp_path / "a.lock")
     holder = start_holder(path)
     try:
-        with pytest.raises(locks.LockTimeout, match=f"held by pid {holder.pid} "):
-            with locks.held(path, Deadline.after(0), "it"):
+        with pytest.raises(locks.LockTimeout) as raised:
+            with locks.held(path, Deadline.after(0), "the lock of it"):
                 pass
+        # Not "waited 0.0 s": the run had no time left (it started late).
+        assert str(raised.value).startswith(f"the lock of it is held by pid {holder.pid} "), raised.value
+        assert "no time left to wait for it: libxl's time limit is used up" in str(raised.value)
     finally:
         holder.kill()
         holder.wait()
