@@ -195,7 +195,7 @@ def _our_volumes():
 
 def _our_dm_devices():
     try:
-        return [device for device in dm.list_devices() if device.uuid.startswith(dm.UUID_PREFIX)]
+        return dm.ours()
     except dm.DeviceMapperError:
         return []  # no device-mapper here: none of ours either
 

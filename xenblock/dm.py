@@ -315,6 +315,11 @@ def list_devices():
     return found
 
 
+def ours():
+    """Every device-mapper device of xenblock's (uuid starting UUID_PREFIX), as Listed."""
+    return [device for device in list_devices() if device.uuid.startswith(UUID_PREFIX)]
+
+
 def snapshot_usage(text):
     """SnapshotUsage from a snapshot target's status string."""
     try:

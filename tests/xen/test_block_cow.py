@@ -131,4 +131,4 @@ def test_the_domains_of_one_vm_get_one_snapshot_which_goes_with_the_last_of_them
 
 
 def our_devices():
-    return [device for device in dm.list_devices() if device.uuid.startswith(dm.UUID_PREFIX)]
+    return dm.ours()

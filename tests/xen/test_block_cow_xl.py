@@ -24,7 +24,7 @@ def cow(target, **kw):
 
 
 def our_snapshots():
-    return [device for device in dm.list_devices() if device.uuid.startswith(dm.UUID_PREFIX)]
+    return dm.ours()
 
 
 def test_a_guest_reads_the_base_writes_its_own_store_and_the_base_stays_as_it_was(images, tmp_path):

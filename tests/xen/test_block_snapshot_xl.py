@@ -26,7 +26,7 @@ def digest(path):
 
 
 def our_dm_devices():
-    return [device.name for device in dm.list_devices() if device.uuid.startswith(dm.UUID_PREFIX)]
+    return [device.name for device in dm.ours()]
 
 
 def test_a_guests_changes_persist_in_the_cow_file_and_the_base_is_never_written(images, tmp_path):

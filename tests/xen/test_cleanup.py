@@ -18,7 +18,7 @@ def cleanup(*args):
 
 
 def ours():
-    return sorted(device.name for device in dm.list_devices() if device.uuid.startswith(dm.UUID_PREFIX))
+    return sorted(device.name for device in dm.ours())
 
 
 def test_cleanup_takes_down_leftovers_and_leaves_a_users_devices(driver, images, tmp_path):

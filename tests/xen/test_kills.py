@@ -10,8 +10,9 @@ The record and lock machinery these share with block-file is killed at
 every call on the host tier (tests/host/test_kills.py); every point here
 costs a few script runs of about two seconds under emulation, so after a
 killed add the next run is remove and add by turns, and each test tries 8
-of its points drawn with a seed it prints (tests/support/kills.py
-sampled: XENBLOCK_KILL_POINTS=all tools/test tries every one)."""
+of its points (block-lvsnap and block-tap 4) drawn with a seed it prints
+(tests/support/kills.py sampled: XENBLOCK_KILL_POINTS=all tools/test tries
+every one)."""
 import os
 import subprocess
 
@@ -22,6 +23,7 @@ from tests.support.cases import loops_of
 from tests.support.cow_cases import cow_env
 from tests.support.kills import (CHILD_STARTS, MARKER, Disk, changing_calls, kill_add_at_each, kill_remove_at_each,
                                  run, sampled)
+from tests.xen.test_block_lvsnap_xl import QUIET
 from tests.xen.test_block_tap_xl import qemu_nbd_running
 from xenblock import dm, nbd
 from xenblock.state import RECORD_SUFFIX, STATE_DIR
@@ -49,7 +51,7 @@ def points_of(driver, disk, command, key, tmp_path):
 def leftovers(driver, disk, loops_before):
     """What is left, by kind; only kinds with something in them."""
     found = {"base loops": loops_of(disk.image), "records": driver.state_files(),
-             "snapshots": [d.name for d in dm.list_devices() if d.uuid.startswith(dm.UUID_PREFIX)],
+             "snapshots": [device.name for device in dm.ours()],
              "loop devices": inventory.bound_loops() - loops_before}
     return {kind: what for kind, what in found.items() if what}
 
@@ -90,17 +92,14 @@ def volume_group(tmp_path_factory):
                           text=True).stdout.strip()
     try:
         for argv in (["pvcreate", node], ["vgcreate", name, node], ["lvcreate", "-y", "-L", "8M", "-n", "orig", name]):
-            subprocess.run([argv[0], *LVM_QUIET, *argv[1:]], check=True, capture_output=True)
+            subprocess.run([argv[0], *QUIET, *argv[1:]], check=True, capture_output=True)
         with open(f"/dev/{name}/orig", "r+b") as f:
             f.seek(MIB)
             f.write(MARKER)
         yield name
     finally:
-        subprocess.run(["vgremove", *LVM_QUIET, "-y", "-ff", name], capture_output=True)
+        subprocess.run(["vgremove", *QUIET, "-y", "-ff", name], capture_output=True)
         subprocess.run(["losetup", "-d", node], check=True)
-
-
-LVM_QUIET = ["-q", "--config", "backup { backup = 0 archive = 0 }"]
 
 
 @pytest.fixture(params=["block-lvsnap", "block-tap"])

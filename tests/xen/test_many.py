@@ -46,7 +46,7 @@ def failures(keys, results):
 
 
 def our_devices():
-    return [device.name for device in dm.list_devices() if device.uuid.startswith(dm.UUID_PREFIX)]
+    return [device.name for device in dm.ours()]
 
 
 @pytest.mark.parametrize("script", ["block-cow", "block-snapshot"])
