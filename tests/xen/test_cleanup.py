@@ -14,7 +14,7 @@ XENBLOCK = os.path.join(os.environ.get("XENBLOCK_VENV", "/nonexistent"), "bin", 
 
 
 def cleanup(*args):
-    return subprocess.run([XENBLOCK, "cleanup", *args], capture_output=True, text=True)
+    return subprocess.run([XENBLOCK, "cleanup", *args], capture_output=True, text=True, timeout=120)
 
 
 def ours():
@@ -40,7 +40,8 @@ def test_cleanup_takes_down_leftovers_and_leaves_a_users_devices(driver, images,
     driver.delete(killed)
     os.unlink(driver.record_path(lost))  # as if /run was lost: its devices remain, unnamed
     with foreign_loop(user_image) as users:
-        subprocess.run(["dmsetup", "create", "xenblock-lookalike", "--uuid", "XENBLOCKX-user",
+        # --noudevsync: nothing here needs udev's work on it, so no wait on a cookie
+        subprocess.run(["dmsetup", "create", "--noudevsync", "xenblock-lookalike", "--uuid", "XENBLOCKX-user",
                         "--table", f"0 8 linear {users} 0"], check=True)
         try:
             listed = cleanup("--dry-run")
@@ -58,4 +59,4 @@ def test_cleanup_takes_down_leftovers_and_leaves_a_users_devices(driver, images,
             assert "xenblock-lookalike" in [device.name for device in dm.list_devices()]
             assert cleanup().stderr == "nothing to clean up\n"
         finally:
-            subprocess.run(["dmsetup", "remove", "xenblock-lookalike"], check=True)
+            subprocess.run(["dmsetup", "remove", "--noudevsync", "--retry", "xenblock-lookalike"], check=True)
