@@ -50,14 +50,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BUILD = os.path.join(ROOT, "build", "vm")
 XEN_GZ = "/boot/xen-4.17-amd64.gz"
-# No AVX (new in QEMU 7.2's TCG). With it, dom0's programs died at random
-# inside libc, in malloc and in a memory copy (xl, systemd-udevd, python:
-# segfaults and general protection faults), most of all while several
-# guests ran beside dom0: AVX registers that do not survive Xen's switches
-# between domains under emulation would do that, as glibc copies memory
-# through them. Without AVX glibc takes its SSE2 functions and Xen saves
-# only x87 and SSE state.
-CPU = "max,-avx,-avx2"
 XEN_ARGS = "console=com1 com1=115200 dom0_mem=2048M smap=0 smep=0 noreboot"
 # The interpreter the dom0 venv is made from: dom0 sees the host's / so the
 # same path works there. Debian's own python3 (tools/debian-packages.txt), as
@@ -186,7 +178,7 @@ def qemu_argv(out):
         f"init={_virtme_init(virtme_python)}",
     ])
     return [
-        "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", CPU, "-m", "3G", "-smp", "2",
+        "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-m", "3G", "-smp", "2",
         "-nographic", "-no-reboot", "-serial", "stdio", "-monitor", "none",
         # No VGA and no NIC: their drivers cost seconds of udev coldplug under TCG.
         "-vga", "none", "-nic", "none",
