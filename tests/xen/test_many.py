@@ -119,8 +119,8 @@ def test_adds_and_removes_in_random_order_agree_with_the_records_at_every_quiet_
 # one base. 2 here: with 4 and with 8 at once, dom0's own processes (xl,
 # systemd-udevd, the scripts' python) died at random of segfaults and
 # general protection faults under emulation, with or without AVX in the
-# emulated CPU, and the tests after them failed. Two guests at once (here,
-# test_block_cow_xl, test_block_snapshot_xl) passed in every whole run.
+# emulated CPU, and the tests after them failed. The two-guest tests of
+# test_block_cow_xl and test_block_snapshot_xl passed in every whole run.
 # XENBLOCK_GUESTS_AT_ONCE sets another number (RELIABILITY.md).
 GUESTS_AT_ONCE = int(os.environ.get("XENBLOCK_GUESTS_AT_ONCE", "2"))
 GUEST_SCRIPTS = ("block-file", "block-cow", "block-snapshot", "block-tap")
