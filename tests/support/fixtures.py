@@ -1,5 +1,6 @@
 """Fixtures both tiers share: image files and the leak check around each case."""
 import contextlib
+import hashlib
 import os
 import subprocess
 
@@ -76,3 +77,9 @@ def opened_by_someone(path):
             except OSError:
                 continue
     return False
+
+
+def digest(path):
+    """sha256 of a whole file or device: unchanged data, byte for byte."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()

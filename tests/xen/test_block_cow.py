@@ -1,23 +1,17 @@
 """block-cow driven as libxl drives it, against dom0's real device-mapper:
 what is built, what is shared, what teardown leaves (nothing)."""
-import hashlib
 import os
 import subprocess
 
 import pytest
 
 from tests.support.cases import DOM_A, DOM_B, DOM_C, assert_error
-from tests.support.fixtures import read_at
+from tests.support.fixtures import digest, read_at
 from tests.support.cow_cases import cow_env
 from xenblock import dm, loop
 
 SCRIPT = "block-cow"
 MARK = b"xenblock-cow-base"
-
-
-def digest(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def base_loops(path):

@@ -1,10 +1,10 @@
 """block-cow as xl uses it: real blkback, real guests, stores in
 /var/lib/xenblock/cow (the default directory; a tmpfs in the test VM)."""
-import hashlib
 import os
 import subprocess
 import threading
 
+from tests.support.fixtures import digest
 from tests.vm import guest
 from tests.xen.test_block_file_xl import _deactivate
 from tests.xen.xl import disk, paused_guest, run_guest
@@ -12,11 +12,6 @@ from xenblock import dm, loop
 
 MARK = b"xenblock-cow-guest-base"
 SCRIPT = "block-cow"
-
-
-def digest(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def cow(target, **kw):

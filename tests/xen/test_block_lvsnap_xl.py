@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from tests.support import hostile_cases
-from tests.xen.xl import config, create_on_console, disk, guest_result, paused_guest, run_guest, xl
+from tests.support.fixtures import digest
+from tests.xen.xl import config, create_on_console, disk, guest_result, paused_guest, run_guest
 
 SCRIPT = "block-lvsnap"
 MARK = b"xenblock-lvsnap-origin"
@@ -47,11 +48,6 @@ def vg(tmp_path_factory):
     finally:
         subprocess.run(["vgremove", *QUIET, "-y", "-ff", name], capture_output=True)
         subprocess.run(["losetup", "-d", node], check=True)
-
-
-def digest(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def lvsnap(target, **kw):

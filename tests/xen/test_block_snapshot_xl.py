@@ -2,11 +2,11 @@
 real guests, real device-mapper. The refusals that come before
 device-mapper run on the host tier (tests/host/test_block_snapshot.py);
 every guest costs some 15 s under emulation, so these are few."""
-import hashlib
 import os
 import threading
 
 from tests.support.cases import loops_of
+from tests.support.fixtures import digest
 from tests.xen.xl import config, create_fails, disk, paused_guest, run_guest, wait_gone, xl
 from xenblock import cowfile, dm
 from xenblock.types import snapshot
@@ -18,11 +18,6 @@ WRITTEN = "written-by-the-first-guest"
 
 def snap(base, cow):
     return disk(f"{base}:{cow}", script=SCRIPT)
-
-
-def digest(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def our_dm_devices():

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.support.cow_cases import cow_env
-from tests.support.fixtures import read_at
+from tests.support.fixtures import digest, read_at
 from tests.xen import xl
-from tests.xen.test_block_cow import MARK, base_loops, digest
+from tests.xen.test_block_cow import MARK, base_loops
 from xenblock import dm
 
 # The issue asks for 32. Under emulation one script run costs about 2 s of

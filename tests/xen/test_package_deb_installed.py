@@ -13,7 +13,6 @@ the same file the package puts in /usr/lib/udev/rules.d.
 """
 import ctypes
 import glob
-import hashlib
 import os
 import struct
 import subprocess
@@ -21,6 +20,7 @@ import time
 
 import pytest
 
+from tests.support.fixtures import digest
 from tests.support.packages import REPO
 from tests.xen.xl import disk, run_guest
 
@@ -90,11 +90,6 @@ def read_and_write(letters):
     return (f"for d in {' '.join(letters)}; do head -c 16 /dev/xvd$d; echo; done; "
             f"for d in {' '.join(letters)}; do echo written-by-guest | "
             "dd of=/dev/xvd$d bs=512 seek=8 conv=notrunc,fsync 2>/dev/null || echo failed-$d; done")
-
-
-def digest(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def partitioned(path, marker):

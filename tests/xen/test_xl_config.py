@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from tests.support import libxlu
+from tests.support.fixtures import digest
 from tests.vm import guest
-from tests.xen.test_block_cow_xl import digest
 from tests.xen.xl import config, create_on_console, guest_result, wait_gone, xl
 from xenblock import xlconfig
 
