@@ -123,8 +123,8 @@ def vbd_users(devnum):
                     continue
             with open(os.path.join(directory, "mode")) as f:
                 writable = "w" in f.read()
-        except (FileNotFoundError, ValueError):
-            continue  # torn down meanwhile, or not connected yet
+        except (OSError, ValueError):
+            continue  # torn down meanwhile (ENOENT, or ENODEV mid-removal), or not connected yet
         _, domid, devid = name.split("-")
         found.append((int(domid), int(devid), writable))
     return found

@@ -22,7 +22,7 @@ import socket
 import struct
 from collections import namedtuple
 
-from .blockdev import Devnum
+from .blockdev import Devnum, listdir, read_text
 from .errors import HotplugError
 
 # --- the NBD handshake (all numbers big-endian) ---
@@ -290,11 +290,10 @@ def node(index):
 
 
 def sysfs(index, name):
-    try:
-        with open(f"/sys/block/nbd{index}/{name}") as f:
-            return f.read().strip()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+    """An attribute of nbd index; None if it has none now. A disconnect removes
+    the pid attribute: a read while another run disconnects that device (two
+    disks of a guest going at once) fails ENODEV, a kernfs node on its way out."""
+    return read_text(f"/sys/block/nbd{index}/{name}")
 
 
 def devnum(index):
@@ -316,20 +315,13 @@ def ours():
     """(index, backend identifier) of each connected nbd device of xenblock's."""
     from .loop import MARK_PREFIX
     found = []
-    for name in _listdir("/sys/block"):
+    for name in listdir("/sys/block"):
         if name.startswith("nbd") and name[3:].isdigit():
             index = int(name[3:])
             mark = backend(index)
             if mark.startswith(MARK_PREFIX) and is_connected(index):
                 found.append((index, mark))
     return sorted(found)
-
-
-def _listdir(path):
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
 
 
 # --- the module ---

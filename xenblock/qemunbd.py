@@ -33,6 +33,7 @@ import socket
 import time
 
 from . import command, nbd
+from .blockdev import listdir
 from .deadline import start_ticks, stat_fields
 from .errors import HotplugError
 from .procfs import command_line
@@ -145,7 +146,7 @@ def ours(state_path):
 def _serving(prefix):
     """(pid, socket path) of each live qemu-nbd whose --socket starts with prefix."""
     found = []
-    for pid in filter(str.isdigit, _listdir("/proc")):
+    for pid in filter(str.isdigit, listdir("/proc")):
         words = command_line(pid).split()
         socket_path = next((w.removeprefix("--socket=") for w in words if w.startswith(f"--socket={prefix}")), None)
         if socket_path and os.path.basename(words[0]) == "qemu-nbd" and _alive(int(pid), start_ticks(pid)):
@@ -156,13 +157,6 @@ def _serving(prefix):
 def running(step):
     """Whether the qemu-nbd a step recorded still runs."""
     return _server(step)[0] is not None
-
-
-def _listdir(path):
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
 
 
 def _server(step):

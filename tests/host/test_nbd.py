@@ -3,6 +3,7 @@ a real qemu-nbd, the netlink messages against the kernel's documented
 layout (linux/netlink.h, genetlink.h, nbd-netlink.h) and the kernel's own
 generic netlink controller, and the undo of a qemu-nbd step."""
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from xenblock import nbd, qemunbd
+from xenblock import blockdev, nbd, qemunbd
 from xenblock.deadline import Deadline, start_ticks
 from xenblock.errors import HotplugError
 
@@ -222,3 +223,16 @@ def test_a_qemu_nbd_that_will_not_exit_keeps_the_record(tmp_path):
         with pytest.raises(HotplugError, match=f"qemu-nbd \\(pid {process.pid}\\) serving img has not exited"):
             qemunbd.undo(step, Deadline.after(0.5))
         assert process.poll() is None and os.path.exists(socket_path)
+
+
+
+@pytest.mark.parametrize("code", [errno.ENOENT, errno.ENODEV, errno.ESRCH])
+def test_an_attribute_going_with_a_disconnect_reads_as_none_and_no_device_is_ours(monkeypatch, code):
+    # ENODEV is what a read gets while another run's disconnect removes the
+    # pid attribute (seen in the VM: two nbd disks of one guest removed at once).
+    def vanishing(path, *args, **kwargs):
+        raise OSError(code, os.strerror(code), path)
+    monkeypatch.setattr(blockdev, "open", vanishing, raising=False)
+    monkeypatch.setattr(nbd, "listdir", lambda path: ["nbd0", "nbd1"])
+    assert nbd.sysfs(0, "pid") is None
+    assert nbd.ours() == []
