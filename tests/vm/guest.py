@@ -3,7 +3,8 @@
 The guest's /init mounts proc, sys and devtmpfs, loads xen-blkfront, waits
 for its disks (/dev/xvd*), runs a shell snippet given base64-encoded on the
 kernel command line (xbtest=...), prints each output line of it as
-"XBGUEST: <line>", then "XBGUEST-EXIT: <status>", and powers off.
+"XBGUEST: <line>", then how many it printed ("XBGUEST-SHOWN: <n>") and
+"XBGUEST-EXIT: <status>", and powers off.
 
 The initramfs is built on the host before the VM boots (xenvm.py passes
 XENBLOCK_GUEST_KERNEL and XENBLOCK_GUEST_INITRD into dom0): building it
@@ -40,6 +41,17 @@ MODULES = ("xen-blkfront",)
 # with the NUL (MAX_GUEST_CMDLINE), and silently cuts what is longer.
 MAX_CMDLINE = 1023
 
+# How the guest runs its snippet and reports, in the guest's busybox sh ($snippet
+# is set): each output line streamed as it comes (a hanging snippet still shows
+# how far it got), then their count, then the exit status. The count is there
+# because a reader that died (emulation has crashed guest processes) loses lines
+# silently; tests.xen.xl.guest_result compares it with the lines that arrived.
+REPORT = r"""{ sh -c "$snippet" </dev/null 2>&1; echo $? >/tmp/status; } |
+    { n=0; while IFS= read -r line || [ -n "$line" ]; do echo "XBGUEST: $line"; n=$((n+1)); done; echo $n >/tmp/shown; }
+echo "XBGUEST-SHOWN: $(cat /tmp/shown 2>/dev/null || echo none)"
+echo "XBGUEST-EXIT: $(cat /tmp/status)"
+"""
+
 INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -56,11 +68,7 @@ while [ "$(ls -d /sys/block/xvd* 2>/dev/null | wc -l)" -lt "$want" ] && [ $i -lt
     sleep 0.2; i=$((i+1))
 done
 snippet=$(sed -n 's/.*xbtest=\([^ ]*\).*/\1/p' /proc/cmdline | base64 -d)
-# Stream the lines as they come (a hanging snippet still shows how far it got).
-{ sh -c "$snippet" </dev/null 2>&1; echo $? >/tmp/status; } |
-    while IFS= read -r line || [ -n "$line" ]; do echo "XBGUEST: $line"; done
-echo "XBGUEST-EXIT: $(cat /tmp/status)"
-sync
+""" + REPORT + """sync
 poweroff -f
 """
 

@@ -49,13 +49,20 @@ def create_on_console(name, path, timeout=150):
 
 
 def guest_result(console):
-    """The XBGUEST lines and XBGUEST-EXIT status a guest printed on its console."""
-    lines = [line.split("XBGUEST: ", 1)[1].rstrip("\r") for line in console.splitlines()
-             if "XBGUEST: " in line]
-    status = [line.split("XBGUEST-EXIT: ", 1)[1].strip() for line in console.splitlines()
-              if "XBGUEST-EXIT: " in line]
+    """The XBGUEST lines and XBGUEST-EXIT status a guest printed on its console.
+    Fails if the console shows fewer lines than the guest counted (XBGUEST-SHOWN):
+    a lost line is a broken run, never an empty answer."""
+    lines = _tagged(console, "XBGUEST")
+    status = _tagged(console, "XBGUEST-EXIT")
     assert status, f"the guest did not finish its snippet:\n{console[-3000:]}"
+    shown = _tagged(console, "XBGUEST-SHOWN")
+    assert shown == [str(len(lines))], (f"the guest's console lost lines: it showed {shown or 'no count'}, "
+                                        f"{len(lines)} arrived:\n{console[-3000:]}")
     return lines, int(status[0])
+
+
+def _tagged(console, tag):
+    return [line.split(f"{tag}: ", 1)[1].rstrip("\r") for line in console.splitlines() if f"{tag}: " in line]
 
 
 def create_fails(tmp_path, disks):
