@@ -50,7 +50,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BUILD = os.path.join(ROOT, "build", "vm")
 XEN_GZ = "/boot/xen-4.17-amd64.gz"
-XEN_ARGS = "console=com1 com1=115200 dom0_mem=2048M smap=0 smep=0 noreboot"
+# smap=0 smep=0: without them dom0 crashes at once under TCG. spec-ctrl=eager-fpu:
+# Xen takes the emulated CPU for an AMD one and switches FPU/SSE state lazily;
+# under TCG dom0's and the guests' processes then crashed at random (registers
+# holding another process's values), the more often the more domains ran.
+# Eager switching ended that (tests/RELIABILITY.md, guests started at once).
+XEN_ARGS = "console=com1 com1=115200 dom0_mem=2048M smap=0 smep=0 spec-ctrl=eager-fpu noreboot"
 # The interpreter the dom0 venv is made from: dom0 sees the host's / so the
 # same path works there. Debian's own python3 (tools/debian-packages.txt), as
 # on a Debian dom0; called directly, never through a shim such as pyenv's,
