@@ -225,7 +225,6 @@ def test_a_qemu_nbd_that_will_not_exit_keeps_the_record(tmp_path):
         assert process.poll() is None and os.path.exists(socket_path)
 
 
-
 @pytest.mark.parametrize("code", [errno.ENOENT, errno.ENODEV, errno.ESRCH])
 def test_an_attribute_going_with_a_disconnect_reads_as_none_and_no_device_is_ours(monkeypatch, code):
     # ENODEV is what a read gets while another run's disconnect removes the
