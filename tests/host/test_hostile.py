@@ -61,3 +61,17 @@ def test_an_image_grown_during_add_is_served_at_its_new_size(driver, tmp_path):
         assert device.seek(0, os.SEEK_END) == 3 << 20
     assert driver.remove(key).returncode == 0
     assert loops_of(path) == [] and driver.state_files() == []
+
+
+def test_a_backend_removed_during_add_is_not_made_again_and_nothing_is_left(driver, tmp_path):
+    # libxl deletes the backend directory of a guest whose creation it gives
+    # up; an add still running then must not write it back into being.
+    path = str(tmp_path / "orphan.img")
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+    key = driver.backend(path)
+    result = add_while_changing(driver, key, path, lambda p: driver.destroy_backend(key))
+    assert result.returncode == 1, result.stderr
+    assert f"{key} vanished from xenstore while the disk was being built; undone" in result.stderr
+    assert driver.read(key) is None, driver.children(key)
+    assert loops_of(path) == [] and driver.state_files() == []
