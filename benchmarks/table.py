@@ -1,6 +1,7 @@
 """Print the results files benchmarks/run names (results.json: block-file
 against the stock script; results-dm.json: the device-mapper types;
-results-lvsnap-tap.json: block-lvsnap and block-tap) as the Markdown tables
+results-lvsnap-tap.json: block-lvsnap and block-tap; results-storm.json:
+the boot storm) as the Markdown tables
 of RESULTS.md, with ratios."""
 import json
 import os
@@ -61,7 +62,16 @@ def lvsnap_tap_tables(data):
         print("\nqdisk did not run:", t["qdisk_error"][-500:])
 
 
-TABLES = {"results.json": stock_table, "results-dm.json": dm_tables, "results-lvsnap-tap.json": lvsnap_tap_tables}
+def storm_table(data):
+    print("| at once | script | add wall (s) | ratio to stock | remove wall (s) | failed runs |")
+    print("|---|---|---|---|---|---|")
+    for r in data["storm"]:
+        print(f"| {r['at_once']} | {r['script']} | {r['add_wall_median_s']:.2f} | {r['add_ratio_to_stock']:.2f} | "
+              f"{r['remove_wall_median_s']:.2f} | {r['failed_runs']} of {2 * r['at_once'] * r['repeats']} |")
+
+
+TABLES = {"results.json": stock_table, "results-dm.json": dm_tables, "results-lvsnap-tap.json": lvsnap_tap_tables,
+          "results-storm.json": storm_table}
 
 
 def main(paths):

@@ -10,7 +10,7 @@ import errno
 import os
 
 from . import locks, loop, twin
-from .blockdev import Devnum, diskseq, holders
+from .blockdev import Devnum, diskseq, holders, read_attribute
 from .errors import HotplugError
 
 
@@ -67,6 +67,7 @@ class Build:
                              self.deadline, offset, size_limit)
         step.update(node=device.node, diskseq=device.diskseq, devnum=str(device.devnum))
         self.save()
+        _refuse_if_empty(device, backing_fd)
         return device
 
     def dm_device(self, name, uuid, targets):
@@ -90,6 +91,16 @@ class Build:
         step.update(node=nbd.node(index), index=index, devnum=str(devnum), diskseq=diskseq(devnum))
         self.save()
         return step["node"], devnum
+
+
+def _refuse_if_empty(device, backing_fd):
+    """The image's size was checked when it was opened; one truncated since
+    (by its owner, by another tool) binds a loop device of no sector, a disk
+    the guest could not use. The caller's rollback unbinds it."""
+    if read_attribute(device.devnum, "size") == "0":
+        path = os.readlink(f"/proc/self/fd/{backing_fd}")
+        raise HotplugError(f"{path}: the image shrank to {os.fstat(backing_fd).st_size} bytes while it was "
+                           f"being attached: no sector of it is left to serve")
 
 
 def undo_loop(step, state, deadline):

@@ -8,7 +8,7 @@ host's too. The device-mapper types have theirs in the VM tier
 import pytest
 
 from tests.support.cases import loops_of
-from tests.support.kills import (MARKER, Disk, changing_calls, failed, fresh_backend, kill_add_at_each,
+from tests.support.kills import (MARKER, Disk, changing_calls, fail_add_at_each, kill_add_at_each,
                                  kill_remove_at_each, run)
 from tests.support.part_cases import MIB, sfdisk
 
@@ -53,16 +53,7 @@ def test_add_failing_anywhere_rolls_back_or_says_what_is_left(driver, disk, tmp_
     key = driver.backend(disk.target, script=disk.script)
     points = changing_calls(driver, disk, "add", key, tmp_path)
     assert run(driver, disk, "remove", key).returncode == 0
-    for syscall, number, line in points:
-        key = fresh_backend(driver, disk, key)
-        result = failed(driver, disk, key, syscall, number)
-        if result.returncode != 0:
-            assert result.returncode == 1, (line, result.stderr)
-            assert driver.read(f"{key}/hotplug-status") == "error", line
-            assert driver.read(f"{key}/hotplug-error"), line
-            assert loops_of(disk.image) == [], (line, "a failed add rolls back what it bound")
-        assert run(driver, disk, "remove", key).returncode == 0, line
-        assert not leftovers(driver, disk), line
+    fail_add_at_each(driver, disk, key, points, lambda: leftovers(driver, disk), lambda: loops_of(disk.image))
 
 
 def test_remove_killed_anywhere_then_remove_again_leaves_nothing(driver, disk, tmp_path):

@@ -60,8 +60,9 @@ def foreign_loop(path, read_only=False, partitions=False):
         subprocess.run(["losetup", "-d", node], check=True)
 
 
-def opened_by_someone(path):
-    """Whether another process holds path open (by the path it resolves to)."""
+def opened_by_someone(path, for_io=False):
+    """Whether another process holds path open (by the path it resolves to);
+    for_io: by a descriptor that reads or writes (not an O_PATH one)."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
@@ -72,11 +73,17 @@ def opened_by_someone(path):
             continue
         for fd in names:
             try:
-                if os.readlink(os.path.join(directory, fd)) == path:
+                if os.readlink(os.path.join(directory, fd)) == path and not (for_io and _is_o_path(pid, fd)):
                     return True
             except OSError:
                 continue
     return False
+
+
+def _is_o_path(pid, fd):
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        flags = next(line.split()[1] for line in f if line.startswith("flags:"))
+    return bool(int(flags, 8) & os.O_PATH)
 
 
 def digest(path):

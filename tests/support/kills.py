@@ -103,6 +103,25 @@ def failed(driver, disk, key, syscall, number):
     return run(driver, disk, "add", key, wrapper)
 
 
+def fail_add_at_each(driver, disk, key, points, leftovers, unaccounted):
+    """add with each point failing once with EIO: it copes (a failed log
+    write), or exits 1 with one hotplug-error line, leaving nothing that
+    unaccounted() names (what no record says is left); a remove then
+    leaves nothing at all (leftovers() empty). Returns the last key used."""
+    for syscall, number, line in points:
+        key = fresh_backend(driver, disk, key)
+        result = failed(driver, disk, key, syscall, number)
+        if result.returncode != 0:
+            assert result.returncode == 1, (line, result.stderr)
+            assert driver.read(f"{key}/hotplug-status") == "error", line
+            error = driver.read(f"{key}/hotplug-error")
+            assert error and "\n" not in error, (line, error)
+            assert not unaccounted(), (line, "a failed add leaves what no record names", unaccounted())
+        assert run(driver, disk, "remove", key).returncode == 0, line
+        assert not leftovers(), (line, leftovers())
+    return key
+
+
 def read_device(driver, key, disk):
     with open(driver.read(f"{key}/physical-device-path"), "rb") as f:
         f.seek(disk.marker_at)

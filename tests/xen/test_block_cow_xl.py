@@ -1,6 +1,7 @@
 """block-cow as xl uses it: real blkback, real guests, stores in
 /var/lib/xenblock/cow (the default directory; a tmpfs in the test VM)."""
 import os
+import stat
 import subprocess
 import threading
 
@@ -108,3 +109,21 @@ def test_dom0_does_not_activate_a_volume_group_inside_a_cow_disk(images, tmp_pat
                               capture_output=True, text=True).stdout
         assert "XENBLOCK_GUEST_DISK=1" in info and "ID_FS_TYPE" not in info, info
     subprocess.run(["pvscan", "--cache"], capture_output=True)
+
+
+def test_a_base_whose_storage_fails_gives_the_guest_io_errors_and_destroy_leaves_nothing(tmp_path):
+    # The base's storage fails every I/O (a dm `error` table, as LVM2's tests
+    # do): the guest's reads of it fail, it goes on running, and destroy
+    # leaves nothing (the leak check). The node is made here: no udev needed.
+    name = f"xbfailing{os.getpid()}"
+    subprocess.run(["dmsetup", "create", "--noudevsync", name, "--table", "0 16384 error"], check=True)
+    try:
+        device = next(device for device in dm.list_devices() if device.name == name)
+        node = str(tmp_path / "failing-base")
+        os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(device.devnum.major, device.devnum.minor))
+        snippet = ("dd if=/dev/xvda of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null; echo read-status $?; "
+                   "echo still-running")
+        lines, status = run_guest(tmp_path, [cow(f"{node} 8M")], snippet)
+    finally:
+        subprocess.run(["dmsetup", "remove", "--noudevsync", "--retry", name], check=True)
+    assert (lines, status) == (["read-status 1", "still-running"], 0)

@@ -5,7 +5,10 @@ file, the store); block-lvsnap and block-tap (qcow2) where the script
 starts or signals a child (lvcreate, lvremove; qemu-img, qemu-nbd) and
 saves or drops its record. The next run must finish the job: no snapshot,
 LV, loop or nbd device, qemu-nbd, store or record left, the base as it
-was, its data served again.
+was, its data served again. The same points fail once with EIO in add
+(strace's inject=...:error=EIO): add copes, or exits 1 with one
+hotplug-error line and leaves nothing that no record names; a remove
+then leaves nothing.
 The record and lock machinery these share with block-file is killed at
 every call on the host tier (tests/host/test_kills.py); every point here
 costs a few script runs of about two seconds under emulation, so after a
@@ -21,8 +24,8 @@ import pytest
 from tests.support import inventory
 from tests.support.cases import loops_of
 from tests.support.cow_cases import cow_env
-from tests.support.kills import (CHILD_STARTS, MARKER, Disk, changing_calls, kill_add_at_each, kill_remove_at_each,
-                                 run, sampled)
+from tests.support.kills import (CHILD_STARTS, MARKER, Disk, changing_calls, fail_add_at_each, kill_add_at_each,
+                                 kill_remove_at_each, run, sampled)
 from tests.xen.test_block_lvsnap_xl import QUIET
 from tests.xen.test_block_tap_xl import qemu_nbd_running
 from xenblock import dm, nbd
@@ -71,6 +74,22 @@ def test_add_killed_at_each_device_step_then_remove_or_add_finishes_the_job(driv
     with open(disk.image, "rb") as f:
         f.seek(disk.marker_at)
         assert f.read(len(MARKER)) == MARKER
+
+
+def test_add_failing_at_each_device_step_rolls_back_or_says_what_is_left(driver, disk, tmp_path):
+    # Each sampled point fails once with EIO (strace's inject=SYSCALL:error=EIO).
+    loops_before = inventory.bound_loops()
+    key = driver.backend(disk.target, script=disk.script)
+    points = points_of(driver, disk, "add", key, tmp_path)
+    assert run(driver, disk, "remove", key).returncode == 0
+    fail_add_at_each(driver, disk, key, sampled(points, DM_POINTS_PER_RUN),
+                     lambda: leftovers(driver, disk, loops_before),
+                     lambda: unrecorded(driver, leftovers(driver, disk, loops_before)))
+
+
+def unrecorded(driver, left):
+    """What is left when no record says so: nothing may be left without one."""
+    return {} if driver.state_files() else left
 
 
 def test_remove_killed_at_each_device_step_then_remove_again_leaves_nothing(driver, disk, tmp_path):
@@ -157,6 +176,18 @@ def test_lvsnap_and_tap_add_killed_at_each_step_then_remove_or_add_finishes_the_
     assert run(driver, disk, "remove", key).returncode == 0
     kill_add_at_each(driver, disk, key, sampled(points, CHILD_POINTS_PER_RUN),
                      lambda: child_leftovers(driver, disk, volume_group), alternate=True)
+
+
+def test_lvsnap_and_tap_add_failing_at_each_step_rolls_back_or_says_what_is_left(driver, child_disk, volume_group,
+                                                                                 tmp_path):
+    disk = child_disk
+    warm_up(driver, disk)
+    key = driver.backend(disk.target, script=disk.script)
+    points = child_points(driver, disk, "add", key, tmp_path)
+    assert run(driver, disk, "remove", key).returncode == 0
+    fail_add_at_each(driver, disk, key, sampled(points, CHILD_POINTS_PER_RUN),
+                     lambda: child_leftovers(driver, disk, volume_group),
+                     lambda: unrecorded(driver, child_leftovers(driver, disk, volume_group)))
 
 
 def test_lvsnap_and_tap_remove_killed_at_each_step_then_remove_again_leaves_nothing(driver, child_disk, volume_group,
