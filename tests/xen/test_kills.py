@@ -59,9 +59,10 @@ def leftovers(driver, disk, loops_before):
     return {kind: what for kind, what in found.items() if what}
 
 
-# The kill tests were a third of the VM tier's time with 8 and 4: each run
-# draws a new sample (its seed printed), so the runs together cover more.
-DM_POINTS_PER_RUN = 5
+# The kill tests were a third of the VM tier's time with 8 and 4, and a
+# quarter with 5 and 3 (about 100 s a test, 2026-11-28): each run draws a
+# new sample (its seed printed), so the runs together cover more.
+DM_POINTS_PER_RUN = 3
 
 
 def test_add_killed_at_each_device_step_then_remove_or_add_finishes_the_job(driver, disk, tmp_path):
@@ -141,7 +142,7 @@ def child_disk(request, images, volume_group):
 
 # Each point costs an LVM command or a qemu-nbd start or two more: fewer
 # drawn per run than for the device-mapper types (DM_POINTS_PER_RUN).
-CHILD_POINTS_PER_RUN = 3
+CHILD_POINTS_PER_RUN = 2
 
 
 def warm_up(driver, disk):
