@@ -23,7 +23,11 @@ RUN_EXCLUDED = ("/run/udev/", "/run/tmp/virtme_", "/run/xen/domid-history", "/ru
 XENSTORE_KEPT = {"/libxl", "/vm"}
 
 
-def take(xs_client):
+def take(xs_client, domains=None):
+    """domains: `xl list`'s lines if just taken (wait_for_quiet gives them),
+    else listed here: each xl start costs over half a second in the VM."""
+    if domains is None:
+        domains = _lines(["xl", "list"])
     return {
         "xenstore": _xenstore_paths(xs_client) - XENSTORE_KEPT,
         "loop devices": bound_loops(),
@@ -32,7 +36,7 @@ def take(xs_client):
         "nbd connections": {p for p in glob.glob("/sys/block/nbd*/pid")},
         "processes": _processes(),
         "files under /run": _run_files(),
-        "domains": {" ".join(line.split()[:2]) for line in _lines(["xl", "list"])},
+        "domains": {" ".join(line.split()[:2]) for line in domains},
     }
 
 
@@ -43,14 +47,16 @@ def difference(before, after):
 
 def wait_for_quiet(timeout=60):
     """Domains being destroyed still hold devices: wait until only dom0 is left
-    and udev has handled every event, before taking the after-inventory."""
+    and udev has handled every event, before taking the after-inventory.
+    Returns the last `xl list` lines (for take)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         listing = _lines(["xl", "list"])
-        if len(listing) <= 2:  # header and Domain-0
+        if len(listing) <= 2 or time.monotonic() >= deadline:  # header and Domain-0
             break
         time.sleep(0.5)
     subprocess.run(["udevadm", "settle", "--timeout=30"], check=False)
+    return listing
 
 
 def _xenstore_paths(client):

@@ -38,8 +38,8 @@ def xs_client():
 def leak_check(xs_client):
     before = inventory.take(xs_client)
     yield
-    inventory.wait_for_quiet()
-    leaked = inventory.difference(before, inventory.take(xs_client))
+    domains = inventory.wait_for_quiet()
+    leaked = inventory.difference(before, inventory.take(xs_client, domains))
     assert not leaked, f"left behind: {leaked}\nxen-hotplug.log ends:\n{_log_tail()}"
 
 
