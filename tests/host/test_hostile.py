@@ -38,10 +38,8 @@ def add_while_changing(driver, key, path, change):
     return result[0]
 
 
-def test_an_image_shrunk_to_nothing_during_add_is_refused_naming_it_and_nothing_is_left(driver, tmp_path):
-    path = str(tmp_path / "shrinking.img")
-    with open(path, "wb") as f:
-        f.truncate(1 << 20)
+def test_an_image_shrunk_to_nothing_during_add_is_refused_naming_it_and_nothing_is_left(driver, images):
+    path = images("shrinking.img", size=1 << 20)
     key = driver.backend(path)
     result = add_while_changing(driver, key, path, lambda p: os.truncate(p, 100))
     assert result.returncode == 1, result.stderr
@@ -50,10 +48,8 @@ def test_an_image_shrunk_to_nothing_during_add_is_refused_naming_it_and_nothing_
     assert loops_of(path) == [] and driver.state_files() == []
 
 
-def test_an_image_grown_during_add_is_served_at_its_new_size(driver, tmp_path):
-    path = str(tmp_path / "growing.img")
-    with open(path, "wb") as f:
-        f.truncate(1 << 20)
+def test_an_image_grown_during_add_is_served_at_its_new_size(driver, images):
+    path = images("growing.img", size=1 << 20)
     key = driver.backend(path)
     result = add_while_changing(driver, key, path, lambda p: os.truncate(p, 3 << 20))
     assert result.returncode == 0, result.stderr
@@ -63,12 +59,10 @@ def test_an_image_grown_during_add_is_served_at_its_new_size(driver, tmp_path):
     assert loops_of(path) == [] and driver.state_files() == []
 
 
-def test_a_backend_removed_during_add_is_not_made_again_and_nothing_is_left(driver, tmp_path):
+def test_a_backend_removed_during_add_is_not_made_again_and_nothing_is_left(driver, images):
     # libxl deletes the backend directory of a guest whose creation it gives
     # up; an add still running then must not write it back into being.
-    path = str(tmp_path / "orphan.img")
-    with open(path, "wb") as f:
-        f.truncate(1 << 20)
+    path = images("orphan.img", size=1 << 20)
     key = driver.backend(path)
     result = add_while_changing(driver, key, path, lambda p: driver.destroy_backend(key))
     assert result.returncode == 1, result.stderr
