@@ -9,7 +9,7 @@ import os
 import pyxs
 import pytest
 
-from tests.support import inventory
+from tests.support import inventory, leak_check as leak_check_module
 from tests.support.driver import Driver
 from tests.support.fixtures import images  # noqa: F401 (a fixture)
 
@@ -24,6 +24,7 @@ def pytest_configure(config):
         in_dom0 = False
     if not in_dom0:
         pytest.exit("tests/xen runs in dom0 of the Xen VM: use tools/test, which boots it", returncode=2)
+    leak_check_module.install(config)
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +36,9 @@ def xs_client():
 
 
 @pytest.fixture(autouse=True)
-def leak_check(xs_client):
-    before = inventory.take(xs_client)
-    yield
-    domains = inventory.wait_for_quiet()
-    leaked = inventory.difference(before, inventory.take(xs_client, domains))
-    assert not leaked, f"left behind: {leaked}\nxen-hotplug.log ends:\n{_log_tail()}"
+def leak_check(request, xs_client):
+    yield from leak_check_module.check(request, lambda domains=None: inventory.take(xs_client, domains),
+                                       lambda: f"xen-hotplug.log ends:\n{_log_tail()}")
 
 
 def _log_tail(lines=25):
