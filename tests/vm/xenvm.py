@@ -55,7 +55,11 @@ XEN_GZ = "/boot/xen-4.17-amd64.gz"
 # under TCG dom0's and the guests' processes then crashed at random (registers
 # holding another process's values), the more often the more domains ran.
 # Eager switching ended that (tests/RELIABILITY.md, guests started at once).
-XEN_ARGS = "console=com1 com1=115200 dom0_mem=2048M smap=0 smep=0 spec-ctrl=eager-fpu noreboot"
+# spec-ctrl=no (before eager-fpu, which it would turn off) and dom0's
+# mitigations=off: an emulated CPU does not speculate, so the Spectre
+# mitigations (retpolines, branch hardening, RSB stuffing) only cost time:
+# a process start in dom0 took about 15% less without them (2026-11-28).
+XEN_ARGS = "console=com1 com1=115200 dom0_mem=2048M smap=0 smep=0 spec-ctrl=no,eager-fpu noreboot"
 # The interpreter the dom0 venv is made from: dom0 sees the host's / so the
 # same path works there. Debian's own python3 (tools/debian-packages.txt), as
 # on a Debian dom0; called directly, never through a shim such as pyenv's,
@@ -176,7 +180,7 @@ def qemu_argv(out):
     exec_b64 = base64.b64encode(f"/bin/sh {shlex.quote(os.path.join(HERE, 'dom0-run.sh'))}".encode()).decode()
     overlays = ("/etc", "/lib", "/home", "/opt", "/srv", "/usr", "/var", "/tmp")  # as vng uses
     dom0_args = " ".join([
-        "console=hvc0 earlyprintk=xen",
+        "console=hvc0 earlyprintk=xen mitigations=off",  # see XEN_ARGS
         *[f"virtme_rw_overlay{i}={d}" for i, d in enumerate(overlays)],
         "virtme_root_mods=1 virtme_console=hvc0 virtme_root_user=1 virtme_hostname=xenblock-dom0",
         f"virtme.exec=`{exec_b64}`",
