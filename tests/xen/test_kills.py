@@ -12,8 +12,8 @@ then leaves nothing.
 The record and lock machinery these share with block-file is killed at
 every call on the host tier (tests/host/test_kills.py); every point here
 costs a few script runs of about two seconds under emulation, so after a
-killed add the next run is remove and add by turns, and each test tries 5
-of its points (block-lvsnap and block-tap 3) drawn with a seed it prints
+killed add the next run is remove and add by turns, and each test tries 3
+of its points (block-lvsnap and block-tap 2) drawn with a seed it prints
 (tests/support/kills.py sampled: XENBLOCK_KILL_POINTS=all tools/test tries
 every one)."""
 import os
@@ -148,8 +148,8 @@ CHILD_POINTS_PER_RUN = 2
 def warm_up(driver, disk):
     """For block-tap, one add and remove of the disk before any traced run:
     the first add loads the nbd module (modprobe, a child the later runs
-    lack). block-lvsnap's first add is like the rest: no warm-up (an add
-    and a remove are 10 s or more of LVM commands under emulation)."""
+    lack). block-lvsnap's first add is like the rest, so it gets none: the
+    warm-up would only add LVM commands, slow under emulation."""
     if disk.script != "block-tap":
         return
     key = driver.backend(disk.target, script=disk.script)
