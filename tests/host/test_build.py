@@ -35,21 +35,20 @@ def test_a_finished_teardown_drops_the_record(tmp_path, monkeypatch):
     assert state.load("k") is None
 
 
-def twin_records(names):
+def twin_records(names, uuids=("XENBLOCK-backend.vbd.1.51712",) * 2):
     """Records of two domains of one VM sharing one snapshot (as
-    xenblock.twin.adopt leaves them): the same steps."""
+    xenblock.twin.adopt leaves them): the same steps; with two uuids, two
+    VMs' snapshots of one base instead."""
     steps = [{"undo": "test", "name": "base", "node": "/dev/loop1"},
-             {"undo": "test", "name": "store", "node": "/dev/loop2"},
-             {"undo": "test-dm", "name": "snapshot", "uuid": "XENBLOCK-backend.vbd.1.51712"}]
-    return [{"key": f"backend/vbd/{n}/51712", "steps": [dict(step) for step in steps]} for n in names]
+             {"undo": "test", "name": "store", "node": "/dev/loop2"}]
+    return [{"key": f"backend/vbd/{n}/51712", "steps": [dict(step) for step in steps]
+             + [{"undo": "dm", "name": "snapshot", "uuid": uuid}]} for n, uuid in zip(names, uuids)]
 
 
 def test_a_snapshot_two_domains_share_goes_with_the_last_of_them(tmp_path, monkeypatch):
     undone = []
-    for kind in ("test", "test-dm"):
+    for kind in ("test", "dm"):
         monkeypatch.setitem(build.UNDO, kind, lambda step, state, deadline: undone.append(step["name"]))
-    monkeypatch.setattr(build.twin, "snapshot_uuid", lambda record: next(
-        (step["uuid"] for step in record["steps"] if step["undo"] == "test-dm"), None))
     state = StateDir(str(tmp_path))
     source, destination = twin_records((1, 2))
     state.save(source)
@@ -63,15 +62,41 @@ def test_a_snapshot_two_domains_share_goes_with_the_last_of_them(tmp_path, monke
 
 def test_objects_named_by_another_snapshot_s_record_are_not_a_twin_s(tmp_path, monkeypatch):
     undone = []
-    monkeypatch.setitem(build.UNDO, "test", lambda step, state, deadline: undone.append(step["name"]))
-    monkeypatch.setattr(build.twin, "snapshot_uuid", lambda record: record["uuid"])
+    for kind in ("test", "dm"):
+        monkeypatch.setitem(build.UNDO, kind, lambda step, state, deadline: undone.append(step["name"]))
     state = StateDir(str(tmp_path))
-    mine, other = twin_records((1, 2))
-    for record, uuid in ((mine, "XENBLOCK-a"), (other, "XENBLOCK-b")):  # two VMs' snapshots of one base
-        record["uuid"] = uuid
-        for step in record["steps"]:
-            step["undo"] = "test"
+    mine, other = twin_records((1, 2), ("XENBLOCK-a", "XENBLOCK-b"))  # two VMs' snapshots of one base
     state.save(other)
     build.teardown(mine, state, Deadline.after(1))
     assert undone == ["snapshot", "store", "base"], "what is not a twin's is undone (a shared base " \
                                                     "device goes by its holders)"
+
+
+def test_an_lvm_snapshot_two_domains_share_goes_with_the_last_of_them(tmp_path, monkeypatch):
+    # block-lvsnap's step, as attach records it and xenblock.twin finds it.
+    undone = []
+    monkeypatch.setitem(build.UNDO, "lvsnap", lambda step, state, deadline: undone.append(step["lv"]))
+    state = StateDir(str(tmp_path))
+    step = {"undo": "lvsnap", "vg": "vg0", "lv": "xenblock-web-51712", "uuid": "wcPpRc-Kuvp-oGyI-MWY3-plhH-DWcR-0b3NX8",
+            "keep": False, "thin": False}
+    source, destination = ({"key": f"backend/vbd/{n}/51712", "steps": [dict(step)]} for n in (1, 2))
+    state.save(source)
+    state.save(destination)
+    build.teardown(source, state, Deadline.after(1))
+    assert undone == [], "the destination's snapshot was removed with the source's disk"
+    build.teardown(destination, state, Deadline.after(1))
+    assert undone == ["xenblock-web-51712"] and state.records() == []
+
+
+def test_a_snapshot_s_twin_lock_is_named_by_its_kind_and_uuid(tmp_path):
+    state = StateDir(str(tmp_path))
+    dm_snapshot = {"steps": [{"undo": "loop"}, {"undo": "dm", "uuid": "XENBLOCK-backend.vbd.1.51712"}]}
+    lvm_snapshot = {"steps": [{"undo": "lvsnap", "vg": "vg0", "lv": "xenblock-web-51712", "uuid": "abc"}]}
+    # Recorded before lvcreate ran: no UUID yet, nothing a twin could share.
+    unnamed = {"steps": [{"undo": "lvsnap", "vg": "vg0", "lv": "xenblock-web-51712", "uuid": None}]}
+    # The dm lock's name is the one older versions take: an upgrade between
+    # two domains' runs keeps them on one lock.
+    assert build.twin.lock_path(state, dm_snapshot) == state.lock_path("dm:XENBLOCK-backend.vbd.1.51712")
+    assert build.twin.lock_path(state, lvm_snapshot) == state.lock_path("lvsnap:abc")
+    assert build.twin.lock_path(state, unnamed) is None and build.twin.snapshot_uuid(unnamed) is None
+    assert build.twin.lock_path(state, {"steps": [{"undo": "loop"}]}) is None

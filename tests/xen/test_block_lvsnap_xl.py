@@ -11,7 +11,9 @@ import sys
 import pytest
 
 from tests.support import hostile_cases
-from tests.support.fixtures import digest
+from tests.support.cases import DOM_A, DOM_B, DOM_C
+from tests.support.fixtures import digest, read_at
+from tests.support.part_cases import write_at
 from tests.xen.xl import config, create_on_console, disk, guest_result, paused_guest, run_guest
 
 SCRIPT = "block-lvsnap"
@@ -122,6 +124,40 @@ def test_leftovers_of_killed_runs_are_recognised_at_the_next_add(vg, driver):
     assert driver.add(again, script=SCRIPT).returncode == 0, driver.read(f"{again}/hotplug-error")
     assert driver.remove(again, script=SCRIPT).returncode == 0
     assert logical_volumes(vg) == volumes
+
+
+def test_the_domains_of_one_vm_get_one_snapshot_which_goes_with_the_last_of_them(vg, driver):
+    # A live migration's destination (the source's /vm node, and its name
+    # with --incoming until the source is gone) and a stub domain (its
+    # target is the guest) must see the guest's changes: its snapshot, not a
+    # fresh one of the origin that the source's remove would leave as the
+    # only copy while it discards the guest's.
+    volumes, before = logical_volumes(vg), digest(f"/dev/{vg}/orig")
+    for domid, name in ((DOM_A, "web"), (DOM_B, "web--incoming"), (DOM_C, "web-dm")):
+        driver.write(f"/local/domain/{domid}/name", name)
+    for domid in (DOM_A, DOM_B):
+        driver.write(f"/local/domain/{domid}/vm", "/vm/xenblock-test-one-vm")
+    driver.write(f"/local/domain/{DOM_C}/target", str(DOM_A))
+    target = f"{vg}/orig 8M"
+    try:
+        keys = [driver.backend(target, script=SCRIPT, frontend_id=DOM_A)]
+        devid = keys[0].rsplit("/", 1)[1]  # each domain's disk is the same device of the guest's
+        keys += [driver.backend(target, script=SCRIPT, frontend_id=domid, devid=devid) for domid in (DOM_B, DOM_C)]
+        assert driver.add(keys[0], script=SCRIPT).returncode == 0, driver.read(f"{keys[0]}/hotplug-error")
+        node = driver.read(f"{keys[0]}/physical-device-path")
+        write_at(node, 1 << 20, b"the guest's change")
+        for key in keys[1:]:
+            assert driver.add(key, script=SCRIPT).returncode == 0, driver.read(f"{key}/hotplug-error")
+            assert driver.read(f"{key}/physical-device") == driver.read(f"{keys[0]}/physical-device")
+        assert logical_volumes(vg) - volumes == {f"xenblock-web-{devid}"}
+        for key in keys[:2]:
+            assert driver.remove(key, script=SCRIPT).returncode == 0
+            assert read_at(node, 1 << 20, 18) == b"the guest's change", "taken from under the last domain"
+        assert driver.remove(keys[2], script=SCRIPT).returncode == 0
+        assert logical_volumes(vg) == volumes and digest(f"/dev/{vg}/orig") == before
+    finally:
+        for domid in (DOM_A, DOM_B, DOM_C):
+            driver.delete(f"/local/domain/{domid}")
 
 
 def test_a_users_lv_with_our_snapshots_name_is_never_touched(vg, driver):

@@ -20,6 +20,10 @@ nothing if it is gone. A kept snapshot's undo leaves it be. The origin
 counts as read for the sharing check: a guest writing it refuses the add (a
 snapshot of a live writer is only crash-consistent) unless [lvsnap]
 live_origin allows it.
+
+A second domain of the guest's VM (a live migration's destination, named
+<guest>--incoming until the source is gone) gets the first's snapshot, with
+the guest's changes, not a fresh one of the origin (xenblock.twin).
 """
 import re
 
@@ -32,6 +36,8 @@ from ..source import Use, resolve
 # LVM's names: letters, digits and + _ . -, not starting with a dash.
 NAME = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")
 MAX_NAME = 127
+# See the module's doc and xenblock.twin.
+ONE_DEVICE_PER_VM = True
 
 
 class Spec:
