@@ -89,11 +89,11 @@ def _start_failure(disk, script_dir):
 
 
 def _xenblock_target_failure(disk):
-    from .types import TYPES
+    from . import types
     name = os.path.basename(disk.script)
-    module = TYPES.get(name.removeprefix("block-")) if name.startswith("block-") else None
-    if module is None:
+    if not name.startswith("block-") or name.removeprefix("block-") not in types.NAMES:
         return None  # not ours: its target is its own business
+    module = types.module(name.removeprefix("block-"))
     try:
         spec = module.parse(disk.target or "")
     except HotplugError as e:

@@ -68,11 +68,11 @@ def remove(ctx):
 
 
 def _type_module(disk_type):
-    from .types import TYPES  # here, not at the top: remove never needs the types
+    from . import types  # here, not at the top: remove never needs the types
     try:
-        return TYPES[disk_type]
+        return types.module(disk_type)
     except KeyError:
-        known = ", ".join(f"block-{name}" for name in sorted(TYPES))
+        known = ", ".join(f"block-{name}" for name in types.NAMES)
         raise HotplugError(f"unknown disk type {disk_type!r}: this script must be one of {known}") from None
 
 
