@@ -3,11 +3,11 @@
 Layout (one job per module):
   hotplug    the entry point every block-<type> script calls (libxl contract)
   lifecycle  add/remove of one disk: leftovers, sharing check, build, rollback
-  types/     one module per disk type, registered in types.TYPES
+  types/     one module per disk type, named in types.NAMES
   state      the teardown record per backend path under /run/xenblock
   deadline   the run's one deadline, from libxl's time limits
   locks      flock-based locks that never outlive or leak into children
-  xenstore   the one xenstore connection of a run (pyxs)
+  xenstore   the one xenstore connection of a run (its wire protocol)
   loop       loop devices through the kernel's ioctls
   blockdev   facts about block devices from sysfs and /proc
   source     what a target path names, resolved and opened once

@@ -11,8 +11,8 @@ import os
 import time
 
 LIBXL_LIMITS = {"add": 40.0, "remove": 10.0}
-# Enough to import pyxs, connect and write hotplug-error (about 1.5 s under
-# the emulated test host, where everything is about 30 times slower).
+# Enough to connect to xenstore and write hotplug-error (it took 1.5 s under
+# the emulated test host with pyxs, where everything is 30 times slower).
 MARGIN = 3.0
 
 

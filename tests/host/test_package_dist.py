@@ -35,7 +35,7 @@ def test_twine_check_passes(dist):
 
 
 def test_wheel_installs_the_scripts_and_the_command(dist, tmp_path):
-    # Debian's python3 with its python3-pyxs and python3-pyudev: no PyPI here.
+    # Debian's python3 with its python3-pyudev: no PyPI here.
     venv = tmp_path / "venv"
     run(["python3", "-m", "venv", "--system-site-packages", str(venv)])
     run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", dist[1]])

@@ -1,8 +1,8 @@
 """A xenstored double for the host tier, which has no Xen to run xenstored.
 
 It speaks xenstored's wire protocol (xen/include/public/io/xs_wire.h) on a
-Unix socket, so the production code reaches it unmodified through pyxs
-(XENSTORED_PATH). It does only what xenblock and its tests ask of xenstore:
+Unix socket, so the production code reaches it unmodified (xenblock.xenstore,
+through XENSTORED_PATH), and so do the tests through pyxs. It does only what xenblock and its tests ask of xenstore:
 READ, WRITE, RM, DIRECTORY and transactions. Every caller is dom0, so there
 are no permissions; any other operation (watches, permissions, MKDIR, ...)
 is answered ENOSYS, as xenstored answers one it lacks.
@@ -48,8 +48,8 @@ def parent_of(path):
 
 
 def absolute(path):
-    # pyxs checks a path's form before sending it, so only its place is
-    # worked out here.
+    # The clients check a path's form before sending it (pyxs; xenblock's
+    # hotplug checks XENBUS_PATH), so only its place is worked out here.
     return path if path.startswith("/") else f"{HOME}/{path}"
 
 
@@ -113,7 +113,7 @@ class Connection(socketserver.StreamRequestHandler):
             payload = self.rfile.read(length)
             with self.server.lock:
                 op, reply = self.answer(op, tx_id, payload)
-            # pyxs matches a reply by req_id and checks its type and tx_id.
+            # Clients match a reply by req_id and check its type (pyxs its tx_id too).
             self.wfile.write(HEADER.pack(op, req_id, tx_id, len(reply)) + reply)
 
     def answer(self, op, tx_id, payload):

@@ -1,7 +1,7 @@
 """The .deb as an administrator uses it: installed with dpkg -i into dom0
-(Debian's python3 and its python3-pyxs and python3-pyudev, no venv, no
-pip), a guest given a disk of every type through the package's scripts,
-then the package removed and purged with the guests' data intact.
+(Debian's python3 and its python3-pyudev, no venv, no pip), a guest given
+a disk of every type through the package's scripts, then the package
+removed and purged with the guests' data intact.
 
 tools/test builds the package (make deb) into dist/ before the VM tier.
 dom0's /usr is the host's, read only, and the rest of the tier uses the
