@@ -119,15 +119,26 @@ def undo_shared_loop(step, state, deadline):
     more. The count is the kernel's (the device's holders in sysfs), not one
     of ours: a killed run cannot leave it wrong."""
     node = step.get("node")
-    if node is None:
+    if node is None or _stacked_on(node):
+        # Another disk is still built on the base: it is not ours to let go,
+        # and asking the base's lock would wait out a concurrent add's whole
+        # build (seconds under emulation, of remove's 10). Whoever takes down
+        # the last disk on it looks after its own dm device is gone, so that
+        # one sees no holder and lets the base go, under the lock.
         return
     with locks.held(state.image_lock_path(step["image"]), deadline, f"the lock of base {step['image']}"):
-        try:
-            devnum = Devnum.of_rdev(os.stat(node).st_rdev)
-        except FileNotFoundError:
-            return
-        if not holders(devnum):
+        if _stacked_on(node) is False:
             undo_loop(step, state, deadline)
+
+
+def _stacked_on(node):
+    """Whether a device is stacked on node (its holders in sysfs); None if
+    node is gone."""
+    try:
+        devnum = Devnum.of_rdev(os.stat(node).st_rdev)
+    except FileNotFoundError:
+        return None
+    return bool(holders(devnum))
 
 
 def undo_dm(step, state, deadline):
