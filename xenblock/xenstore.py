@@ -10,8 +10,8 @@ request id, transaction id, payload length), then the payload; a reply
 comes back in the same form, or as XS_ERROR carrying an errno name. A run
 makes a handful of requests, one at a time, so no reader thread is needed.
 This replaced pyxs, whose import (socket, threading, queue, platform and
-thirteen regular expressions) and reader thread cost an add about 0.5 s in
-the emulated dom0, a sixth of its time (benchmarks/RESULTS.md). The tests
+thirteen regular expressions) and reader thread cost an add 0.7 s in the
+emulated dom0, a fifth of its time (benchmarks/RESULTS.md). The tests
 still use pyxs as an independent client: the xenstored double is held to
 the real xenstored through it (tests/support/xenstore_contract.py).
 
