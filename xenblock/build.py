@@ -39,18 +39,20 @@ class Build:
     def shared_loop(self, source):
         """The one read-only loop device of a base image, shared by every
         disk built on it: found if bound, else bound. Its step's undo lets it
-        go once nothing is stacked on it. Called under the image's lock (add
-        holds it), as that undo is, so a find and a release never cross."""
+        go once nothing is stacked on it. Found or bound under the base's
+        loop lock, as that undo is, so a find and a release never cross."""
         from .sharing import opened_only_through
-        step = self.intend("shared_loop", mark=loop.shared_mark(source.image_id), image=source.image_id)
-        # The first disk on a base: no loop device holds it open, and the
-        # scan (pyudev, whose import runs ldconfig) is skipped.
-        found = None if opened_only_through(source.fd) else loop.find_shared(source.stat, step["mark"])
-        if found is None:
-            return self._bind(step, source.fd, read_only=True)
-        step.update(node=found.node, diskseq=found.diskseq, devnum=str(found.devnum))
-        self.save()
-        return found
+        with locks.held(self.state.shared_loop_lock_path(source.image_id), self.deadline,
+                        f"the lock of the loop device of {source.path}"):
+            step = self.intend("shared_loop", mark=loop.shared_mark(source.image_id), image=source.image_id)
+            # The first disk on a base: no loop device holds it open, and the
+            # scan (pyudev, whose import runs ldconfig) is skipped.
+            found = None if opened_only_through(source.fd) else loop.find_shared(source.stat, step["mark"])
+            if found is None:
+                return self._bind(step, source.fd, read_only=True)
+            step.update(node=found.node, diskseq=found.diskseq, devnum=str(found.devnum))
+            self.save()
+            return found
 
     def _bind(self, step, backing_fd, read_only, offset=0, size_limit=0):
         def before_bind(number):
@@ -116,19 +118,34 @@ def undo_loop(step, state, deadline):
 
 def undo_shared_loop(step, state, deadline):
     """Let a base's shared loop device go if nothing is stacked on it any
-    more. The count is the kernel's (the device's holders in sysfs), not one
-    of ours: a killed run cannot leave it wrong."""
+    more and no add is about to stack on it. The count is the kernel's (the
+    device's holders in sysfs), not one of ours: a killed run cannot leave
+    it wrong; the adds still building are those whose records say so and
+    whose runs are alive."""
     node = step.get("node")
     if node is None or _stacked_on(node):
-        # Another disk is still built on the base: it is not ours to let go,
-        # and asking the base's lock would wait out a concurrent add's whole
-        # build (seconds under emulation, of remove's 10). Whoever takes down
-        # the last disk on it looks after its own dm device is gone, so that
-        # one sees no holder and lets the base go, under the lock.
+        # Another disk is still built on the base: not ours to let go.
+        # Whoever takes down the last disk on it looks after its own dm
+        # device is gone (its record says "removing" by then, see teardown),
+        # so that one sees no holder and lets the base go, under the lock.
         return
-    with locks.held(state.image_lock_path(step["image"]), deadline, f"the lock of base {step['image']}"):
-        if _stacked_on(node) is False:
+    with locks.held(state.shared_loop_lock_path(step["image"]), deadline, f"the lock of base {step['image']}"):
+        if _stacked_on(node) is False and not _about_to_stack(step, state):
             undo_loop(step, state, deadline)
+
+
+def _about_to_stack(step, state):
+    """Whether another disk's add has found or bound this base's loop device
+    and not yet stacked its own device on it: add holds the base's lock only
+    to find or bind it, not for its whole build, which a remove would wait
+    out. That add stacks on it, or its rollback comes here in turn. A
+    record whose run is gone is a killed add's leftover, no add to wait for;
+    one whose lock this process holds is the one being taken down."""
+    return any(record.get("state") == "building"
+               and any(other["undo"] == "shared_loop" and other.get("image") == step["image"]
+                       for other in record["steps"])
+               and locks.held_elsewhere(state.lock_path(record["key"]))
+               for record in state.records())
 
 
 def _stacked_on(node):
@@ -195,6 +212,10 @@ def teardown(record, state, deadline):
     record. A step that cannot be undone raises, and stays recorded. An
     object a twin's record names too (xenblock.twin) is left to the twin."""
     with _twin_objects(record, state, deadline) as twins:
+        # No longer an add that is about to stack on a shared base
+        # (undo_shared_loop), nor a snapshot to adopt (twin.find).
+        record["state"] = "removing"
+        state.save(record)
         steps = record["steps"]
         while steps:
             if _identity(steps[-1]) not in twins:

@@ -76,6 +76,14 @@ def held_if_free(path):
             _release(path, fd)
 
 
+def held_elsewhere(path):
+    """Whether another process holds the lock at path (a run of it is alive)."""
+    if path in _held:
+        return False
+    with held_if_free(path) as free:
+        return not free
+
+
 def _acquire(path, deadline, what):
     """deadline None: do not wait, return None if the lock is taken."""
     while True:

@@ -11,7 +11,8 @@ Record fields: format (RECORD_FORMAT; a record without it is format 1, the
 layout before the field existed), key (the XENBUS_PATH), type, target, mode, frontend_id,
 images (for the sharing check: each image the disk uses, as {"id": its
 identity, "writable": bool, "extent": [start, end) in bytes or None for all
-of it}), state ("building" until connected) and steps (list of dicts, each
+of it}), state ("building" until connected, "removing" once a teardown
+has begun) and steps (list of dicts, each
 with "undo": the name of the undo function in build.UNDO, plus that
 function's data).
 
@@ -46,8 +47,14 @@ class StateDir:
 
     def image_lock_path(self, image_id):
         """The lock of an image (see lifecycle._image_locked), held while its
-        users are checked and its shared objects found, made or released."""
+        users are checked and a disk is built on it."""
         return self.lock_path(f"image:{image_id}")
+
+    def shared_loop_lock_path(self, image_id):
+        """The lock of a base image's shared loop device, held only while
+        it is found, bound or released (xenblock.build): never while waiting
+        for another lock, so a remove waits for no add's whole build."""
+        return self.lock_path(f"shared-loop:{image_id}")
 
     def record_path(self, key):
         return os.path.join(self.path, _filename(key) + RECORD_SUFFIX)

@@ -43,8 +43,10 @@ def _row(record, xs, level):
     key, domid = record["key"], record.get("frontend_id")
     guest = xs.read(f"/local/domain/{domid}/name") if domid is not None else None
     problems = []
-    if record.get("state") != "connected":
-        problems.append(f"record {record.get('state', 'unknown')}: an add is building it, or was killed")
+    state = record.get("state", "unknown")
+    if state != "connected":
+        doing = "a remove is taking it down, or stopped" if state == "removing" else "an add is building it, or was killed"
+        problems.append(f"record {state}: {doing}")
     if xs.read(f"{key}/frontend-id") is None:
         problems.append("its backend is gone from xenstore (the guest went and its remove did not run or "
                         "failed): `xenblock cleanup` takes it down")

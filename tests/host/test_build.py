@@ -1,9 +1,18 @@
 """Teardown from a record: progress saved after every step."""
+import contextlib
+import os
+import signal
+import subprocess
+import time
+
 import pytest
 
-from xenblock import build
+from xenblock import build, locks, loop
+from xenblock.blockdev import Devnum
+from xenblock.config import load as load_config
 from xenblock.deadline import Deadline
 from xenblock.errors import HotplugError
+from xenblock.source import resolve
 from xenblock.state import StateDir
 
 
@@ -100,3 +109,57 @@ def test_a_snapshot_s_twin_lock_is_named_by_its_kind_and_uuid(tmp_path):
     assert build.twin.lock_path(state, lvm_snapshot) == state.lock_path("lvsnap:abc")
     assert build.twin.lock_path(state, unnamed) is None and build.twin.snapshot_uuid(unnamed) is None
     assert build.twin.lock_path(state, {"steps": [{"undo": "loop"}]}) is None
+
+
+# -- a base's shared loop device, between a remove and a concurrent add ---------
+
+def built_on(path, state, key, record_state):
+    """The record of a disk whose add has found or bound the shared loop
+    device of the base at path, as block-cow and block-snapshot do first."""
+    record = {"key": key, "state": "building", "images": [], "steps": []}
+    config = load_config({"XENBLOCK_CONFIG": "/nonexistent/xenblock.conf"})  # the defaults
+    with resolve(path, writable=False) as base:  # each add opens it itself
+        build.Build(state, record, config, Deadline.after(10)).shared_loop(base)
+    record["state"] = record_state
+    state.save(record)
+    return record
+
+
+@contextlib.contextmanager
+def run_alive(state, key):
+    """Another process holding key's lock, as a run of a hotplug script does."""
+    path = state.lock_path(key)
+    holder = subprocess.Popen(["flock", "--close", path, "sleep", "60"], start_new_session=True)
+    try:
+        while not locks.held_elsewhere(path):
+            assert holder.poll() is None
+            time.sleep(0.01)
+        yield
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # flock and its sleep
+        holder.wait()
+
+
+@pytest.mark.parametrize("other, alive, stays", [
+    ("building", True, True),  # an add that found the device and is building on it
+    ("building", False, False),  # a killed add's leftover: its teardown comes later
+    ("removing", True, False),  # a remove taking its own disk down at the same time
+])
+def test_a_base_s_loop_device_stays_for_an_add_that_is_about_to_stack_on_it(tmp_path, images, other, alive, stays):
+    # The remove of a base's last disk does not wait for the base's image
+    # lock, which an add holds for its whole build: an add that found the
+    # base's loop device and has not yet stacked its snapshot on it leaves
+    # the device no holder, yet it must stay. Nothing else holds it up, or
+    # two removes at once could each leave it to the other.
+    state = StateDir(str(tmp_path / "state"))
+    path = images("base.img")
+    removed, another = (built_on(path, state, f"backend/vbd/{domid}/51712", record_state)
+                        for domid, record_state in ((1, "connected"), (2, other)))
+    node = removed["steps"][0]["node"]
+    devnum = Devnum.of_rdev(os.stat(node).st_rdev)
+    assert another["steps"][0]["node"] == node, "the second disk found the first one's device"
+    with run_alive(state, another["key"]) if alive else contextlib.nullcontext():
+        build.teardown(removed, state, Deadline.after(10))
+        assert loop.is_bound(devnum) == stays
+    build.teardown(another, state, Deadline.after(10))
+    assert not loop.is_bound(devnum) and state.records() == []
