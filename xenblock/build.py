@@ -81,14 +81,15 @@ class Build:
         self.save()
         return devnum
 
-    def nbd_device(self, sock, export):
+    def nbd_device(self, sock, export, io_timeout=None):
         """An nbd device of this disk's own, connected to the NBD server on
         the negotiated socket sock; its (node, Devnum). The kernel picks the device;
         the step names it by its backend identifier (our mark), which finds
-        it even if the run is killed before the index is saved."""
-        from . import nbd  # only block-tap's qemu formats
+        it even if the run is killed before the index is saved. io_timeout:
+        see nbd.connect_message."""
+        from . import nbd  # only block-tap's qemu formats and block-nbd
         step = self.intend("nbd", backend=loop.mark_for(self.record["key"]))
-        index = nbd.connect(sock, export, step["backend"], self.deadline)
+        index = nbd.connect(sock, export, step["backend"], self.deadline, io_timeout)
         devnum = nbd.devnum(index)
         step.update(node=nbd.node(index), index=index, devnum=str(devnum), diskseq=diskseq(devnum))
         self.save()

@@ -38,6 +38,10 @@ REP_ACK = 1
 REP_INFO = 3
 REP_FLAG_ERROR = 1 << 31
 INFO_EXPORT = 0
+# NBD_REP_ERR_* (without the error flag), as a person would say them.
+REFUSALS = {1: "the server is too old for NBD_OPT_GO", 2: "not allowed by the server's policy",
+            3: "an invalid request", 5: "the server requires TLS", 6: "no such export",
+            7: "the server is shutting down"}
 # Transmission flags (the server's, handed to the kernel as they are).
 TFLAG_HAS_FLAGS = 1 << 0
 TFLAG_READ_ONLY = 1 << 1
@@ -65,6 +69,7 @@ NBD_CMD_DISCONNECT = 2
 NBD_ATTR_INDEX = 1
 NBD_ATTR_SIZE_BYTES = 2
 NBD_ATTR_BLOCK_SIZE_BYTES = 3
+NBD_ATTR_TIMEOUT = 4
 NBD_ATTR_SERVER_FLAGS = 5
 NBD_ATTR_SOCKETS = 7
 NBD_ATTR_BACKEND_IDENTIFIER = 10
@@ -87,18 +92,19 @@ class NbdError(HotplugError):
 
 # --- the handshake ---
 
-def handshake(sock, what):
-    """Negotiate the default export ("") on a connected stream socket;
-    returns its Export. what names the server in errors."""
+def handshake(sock, what, name=""):
+    """Negotiate the export called name ("": the server's default) on a
+    connected stream socket; returns its Export. what names the server in
+    errors."""
     try:
-        return _negotiate(sock, what)
+        return _negotiate(sock, what, name.encode())
     except socket.timeout:
         raise NbdError(f"{what}: the NBD server did not answer in time") from None
     except (BrokenPipeError, ConnectionResetError):
         raise NbdError(f"{what}: the NBD server closed the connection during the handshake") from None
 
 
-def _negotiate(sock, what):
+def _negotiate(sock, what, name):
     magic, option_magic, flags = struct.unpack(">QQH", _receive(sock, 18, what))
     if magic != NBDMAGIC or option_magic != IHAVEOPT:
         raise NbdError(f"{what}: not an NBD server speaking the newstyle protocol")
@@ -106,7 +112,7 @@ def _negotiate(sock, what):
         raise NbdError(f"{what}: the NBD server does not speak fixed newstyle")
     # NO_ZEROES only matters for NBD_OPT_EXPORT_NAME, which is not used.
     sock.sendall(struct.pack(">I", FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES)))
-    _send_option(sock, OPT_GO, struct.pack(">I", 0) + struct.pack(">H", 0))
+    _send_option(sock, OPT_GO, struct.pack(">I", len(name)) + name + struct.pack(">H", 0))
     export = None
     while True:
         kind, data = _option_reply(sock, OPT_GO, what)
@@ -114,8 +120,8 @@ def _negotiate(sock, what):
             break
         if kind & REP_FLAG_ERROR:
             said = data.decode(errors="replace").strip()
-            raise NbdError(f"{what}: the NBD server refused the export ({kind & ~REP_FLAG_ERROR}{': ' if said else ''}"
-                           f"{said})")
+            reason = REFUSALS.get(kind & ~REP_FLAG_ERROR, f"error {kind & ~REP_FLAG_ERROR}")
+            raise NbdError(f"{what}: the NBD server refused the export: {reason}{': ' if said else ''}{said}")
         if kind == REP_INFO and len(data) >= 12 and struct.unpack(">H", data[:2])[0] == INFO_EXPORT:
             export = Export(*struct.unpack(">QH", data[2:12]))
     if export is None:
@@ -167,17 +173,20 @@ def message(family, flags, sequence, command, *attributes):
     return NLMSGHDR.pack(NLMSGHDR.size + len(body), family, flags, sequence, 0) + body
 
 
-def connect_message(family, sequence, sock_fd, export, identifier):
-    """NBD_CMD_CONNECT with no NBD_ATTR_INDEX: the kernel picks the device."""
+def connect_message(family, sequence, sock_fd, export, identifier, io_timeout=None):
+    """NBD_CMD_CONNECT with no NBD_ATTR_INDEX: the kernel picks the device.
+    io_timeout: seconds after which the kernel fails a request the server
+    has not answered, and the connection; None: never."""
+    timeout = [] if io_timeout is None else [attribute(NBD_ATTR_TIMEOUT, struct.pack("=Q", io_timeout))]
     return message(
         family, NLM_F_REQUEST | NLM_F_ACK, sequence, NBD_CMD_CONNECT,
         attribute(NBD_ATTR_SIZE_BYTES, struct.pack("=Q", export.size)),
         attribute(NBD_ATTR_BLOCK_SIZE_BYTES, struct.pack("=Q", BLOCK_SIZE)),
         # As the server said: READ_ONLY makes the kernel's device read-only,
         # SEND_FLUSH lets the guest's flushes reach qemu-nbd (and the file),
-        # SEND_TRIM passes its discards. No timeout: a local server is
-        # waited for as a disk is, never failed under a guest.
+        # SEND_TRIM passes its discards.
         attribute(NBD_ATTR_SERVER_FLAGS, struct.pack("=Q", export.flags)),
+        *timeout,
         nested(NBD_ATTR_SOCKETS, nested(NBD_SOCK_ITEM, attribute(NBD_SOCK_FD, struct.pack("=I", sock_fd)))),
         attribute(NBD_ATTR_BACKEND_IDENTIFIER, identifier.encode() + b"\0"),
     )
@@ -272,9 +281,9 @@ class Netlink:
         found = self.request(lambda n: family_message(n, name), acknowledged=False)
         return struct.unpack("=H", found[CTRL_ATTR_FAMILY_ID][:2])[0]
 
-    def connect(self, sock_fd, export, identifier):
+    def connect(self, sock_fd, export, identifier, io_timeout=None):
         """Hand sock_fd to a device the kernel picks; its index."""
-        answer = self.request(lambda n: connect_message(self.family, n, sock_fd, export, identifier))
+        answer = self.request(lambda n: connect_message(self.family, n, sock_fd, export, identifier, io_timeout))
         if NBD_ATTR_INDEX not in answer:
             raise NbdError("the kernel connected an nbd device without saying which")
         return struct.unpack("=I", answer[NBD_ATTR_INDEX][:4])[0]
@@ -345,9 +354,9 @@ def ensure_module(deadline):
                         MODPROBE_SECONDS)
         except command.CommandError as e:
             said = " ".join(e.stderr.split()) or f"status {e.returncode}"
-            raise NbdError(f"the kernel's nbd module is missing ({said}): block-tap serves qemu formats through "
-                           "nbd devices; install the kernel's modules (CONFIG_BLK_DEV_NBD) or convert the "
-                           "image to raw") from None
+            raise NbdError(f"the kernel's nbd module is missing ({said}): block-tap's qemu formats and "
+                           "block-nbd are served through nbd devices; install the kernel's modules "
+                           "(CONFIG_BLK_DEV_NBD), or for block-tap convert the image to raw") from None
         return None
     try:
         with open(os.path.join(MODULE, "parameters", "max_part")) as f:
@@ -365,11 +374,12 @@ def find(identifier):
     return next((index for index, mark in ours() if mark == identifier), None)
 
 
-def connect(sock, export, identifier, deadline):
-    """Hand the negotiated socket to a device the kernel picks; its index."""
+def connect(sock, export, identifier, deadline, io_timeout=None):
+    """Hand the negotiated socket to a device the kernel picks; its index
+    (io_timeout: see connect_message)."""
     try:
         with Netlink(deadline) as link:
-            return link.connect(sock.fileno(), export, identifier)
+            return link.connect(sock.fileno(), export, identifier, io_timeout)
     except socket.timeout:
         raise NbdError("connecting an nbd device: the kernel did not answer in time") from None
     except OSError as e:

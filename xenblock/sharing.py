@@ -46,6 +46,8 @@ def users(use, ctx):
         found += device_users(source.devnum)
         if use.writable and blockdev.claimed_exclusively(source.fd, source.path):
             found.append(User("dom0 (mounted, or held by LVM, md, device-mapper or swap)", None, True))
+    elif source.fd is None:
+        pass  # a network export (source.Remote): its users on this host are in the records
     elif opened_only_through(source.fd):
         ctx.log.debug(f"{source.path}: open nowhere else, so no loop device is bound to it")
     else:

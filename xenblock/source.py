@@ -74,6 +74,19 @@ class Source:
         return os.open(f"/proc/self/fd/{self.fd}", flags | os.O_CLOEXEC)
 
 
+class Remote:
+    """A network export (block-nbd): no file of dom0's, so no descriptor
+    and no device number; image_id names it by the server's address and the
+    export's name, and only this host's records know who uses it."""
+    fd = stat = devnum = None
+
+    def __init__(self, path, image_id):
+        self.path, self.image_id = path, image_id
+
+    def overlapping_ids(self):
+        return {self.image_id}
+
+
 def resolve(path, writable):
     """The Source at path, refusing what cannot serve the request."""
     if not os.path.isabs(path):

@@ -14,6 +14,8 @@ Placeholders in targets, nodes, environment, config and words:
   {config} the run's config file
   {vg}     the VM tier's volume group (rows that need "lvm")
   {rodev}  a read-only loop device (only made for the rows that name it)
+  {nbd}    the port of an nbd-server serving the scene's ok.img as "disk"
+           and ro.img read-only as "ro" (only started for the rows that name it)
 
 A new disk type is one line in PATH_TYPES (how its target names a path)
 plus rows for the target forms of its own.
@@ -26,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tests.support import inventory
+from tests.support import inventory, nbd_server
 from tests.support.fixtures import foreign_loop, opened_by_someone
 
 
@@ -165,6 +167,21 @@ OWN_CASES = [
     Case("tap-block-device-named-vhd", "tap", "vhd:{rodev}", ("{rodev}: a block device, not a vhd image file",)),
     Case("tap-raw-fifo", "tap", "raw:{d}/fifo", ("{d}/fifo: not an image file or block device",)),
 
+    Case("nbd-blank", "nbd", "  ", ("empty target: give <host>:<port>[/<export>]",)),
+    Case("nbd-no-host", "nbd", ":10809/disk", ("target ':10809/disk' names no host",)),
+    Case("nbd-port-out-of-range", "nbd", "127.0.0.1:65536", ("'65536' is not a TCP port",)),
+    Case("nbd-port-not-a-number", "nbd", "127.0.0.1:nbd/disk", ("'nbd' is not a TCP port",)),
+    Case("nbd-ipv6-without-brackets", "nbd", "::1:10809", ("an IPv6 address goes in brackets: [::1:10809]",)),
+    Case("nbd-ipv6-unclosed", "nbd", "[::1:10809", ("an unclosed or malformed [IPv6 address]",)),
+    Case("nbd-three-words", "nbd", "127.0.0.1 10809 disk", ("target '127.0.0.1 10809 disk': give",)),
+    Case("nbd-nothing-listens", "nbd", "127.0.0.1:1/disk",
+         ("nbd://127.0.0.1:1/disk: cannot connect to the NBD server: Connection refused",), vm=True),
+    Case("nbd-no-such-export", "nbd", "127.0.0.1:{nbd}/nothing",
+         ("nbd://127.0.0.1:{nbd}/nothing: the NBD server refused the export: no such export",)),
+    Case("nbd-read-only-export-written", "nbd", "127.0.0.1:{nbd}/ro",
+         ("nbd://127.0.0.1:{nbd}/ro: the NBD server exports it read-only; give the disk mode r",), mode="w"),
+    Case("nbd-old-form-and-no-default-export", "nbd", "127.0.0.1 {nbd}",
+         ("no such export", "(no export was named: give <host>:<port>/<export>)")),
     Case("lvsnap-blank", "lvsnap", "  ", ("expected <vg>/<lv> [<size>]",), mode="w"),
     Case("lvsnap-no-slash", "lvsnap", "vg0", ("target 'vg0': expected <vg>/<lv>",), mode="w"),
     Case("lvsnap-three-parts", "lvsnap", "vg0/lv/x", ("expected <vg>/<lv>",), mode="w"),
@@ -280,6 +297,7 @@ class Scene:
             os.symlink(to, root / name)
         self._stack = stack
         self._rodev = None
+        self._nbd = None
 
     def _file(self, name, size, mode=0o644):
         path = os.path.join(self.d, name)
@@ -295,6 +313,14 @@ class Scene:
             self._rodev = self._stack.enter_context(foreign_loop(os.path.join(self.d, "ok.img"), read_only=True))
             os.symlink(self._rodev, os.path.join(self.d, "to-rodev"))
         return self._rodev
+
+    @property
+    def nbd(self):
+        """The port of an nbd-server serving the scene's images, started on first use."""
+        if self._nbd is None:
+            exports = {"disk": (os.path.join(self.d, "ok.img"), False), "ro": (os.path.join(self.d, "ro.img"), True)}
+            self._nbd = str(self._stack.enter_context(nbd_server.serving(self.d + "-nbd-server", exports)))
+        return self._nbd
 
     def state(self):
         """Everything in the scene: name -> (type and mode, size, mtime)."""
@@ -386,6 +412,8 @@ class _Filler:
     def __call__(self, text):
         if "{rodev}" in text or "to-rodev" in text:
             self.values["{rodev}"] = self.where.rodev
+        if "{nbd}" in text:
+            self.values["{nbd}"] = self.where.nbd
         for name, value in self.values.items():
             text = text.replace(name, value)
         return text

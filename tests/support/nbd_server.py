@@ -1,0 +1,80 @@
+"""A real nbd-server (Debian's nbd-server package) on a free port of
+127.0.0.1, for both tiers: the server block-nbd meets on the network."""
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+
+START_SECONDS = 10
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(directory, exports):
+    """nbd-server serving exports ({name: (path, read_only)}), its files in
+    directory; yields its port. Stopped after, and waited for."""
+    os.makedirs(directory, exist_ok=True)
+    port, config, pid_file = free_port(), os.path.join(directory, "nbd-server.conf"), os.path.join(directory, "pid")
+    with open(config, "w") as f:
+        f.write(f"[generic]\nuser = root\ngroup = root\nlistenaddr = 127.0.0.1\nport = {port}\n")
+        for name, (path, read_only) in exports.items():
+            f.write(f"[{name}]\nexportname = {path}\nreadonly = {'true' if read_only else 'false'}\n")
+    subprocess.run(["nbd-server", "-C", config, "-p", pid_file], check=True, capture_output=True)
+    try:
+        assert wait_listening(port), "nbd-server did not start listening"
+        yield port
+    finally:
+        pid = _read_pid(pid_file)  # written before it listens
+        if pid is not None:
+            stop(pid)
+
+
+def stop(pid):
+    """Stop nbd-server (and the children serving its connections)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + START_SECONDS
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _read_pid(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def wait_listening(port, timeout=START_SECONDS):
+    """Whether an NBD server greets us on port within timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not _listening(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def children(pids):
+    """The processes whose parent is one of pids (nbd-server forks one per client)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            with open(f"/proc/{pid}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) in pids:
+                    found.append(int(pid))
+    return found
+
+
+def _listening(port):
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        return sock.recv(8) == b"NBDMAGIC"  # the server got as far as greeting us
+    return False
