@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.support.packages import DEBIAN_PATH, REPO, check_man_pages, make_in_copy_of_head
+from tests.support.packages import DEBIAN_PATH, REPO, XEN_NAMES, check_man_pages, make_in_copy_of_head
 from tests.support.packages import run as _run
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-buildpackage", path=DEBIAN_PATH) is None
@@ -39,10 +39,10 @@ def test_every_script_is_a_hotplug_script_run_by_debian_python(deb):
     files = _files(deb)
     for script in glob.glob(os.path.join(REPO, "scripts", "block-*")):
         name = os.path.basename(script)
-        where = "/usr/libexec/xenblock/" if name == "block-tap" else "/etc/xen/scripts/"
+        where = "/usr/libexec/xenblock/" if name in XEN_NAMES else "/etc/xen/scripts/"
         assert files[where + name].startswith("-rwx"), name
         assert _member(deb, where + name).splitlines()[0] == "#!/usr/bin/python3"
-    assert "/etc/xen/scripts/block-tap" not in files
+    assert not any(f"/etc/xen/scripts/{name}" in files for name in XEN_NAMES)
     assert "/usr/lib/python3/dist-packages/xenblock/lifecycle.py" in files
     assert files["/usr/bin/xenblock"].startswith("-rwx")
     assert "/usr/share/man/man8/xenblock.8.gz" in files

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.support.packages import DEBIAN_PATH, REPO, check_man_pages, make_in_copy_of_head, run
+from tests.support.packages import DEBIAN_PATH, REPO, XEN_NAMES, check_man_pages, make_in_copy_of_head, run
 
 pytestmark = pytest.mark.skipif(shutil.which("rpmbuild", path=DEBIAN_PATH) is None,
                                 reason="rpm not installed (tools/debian-packages.txt)")
@@ -38,11 +38,11 @@ def test_every_script_is_a_hotplug_script_run_by_python3(rpm, root):
     files = set(_query(rpm, "-l").split())
     for script in glob.glob(os.path.join(REPO, "scripts", "block-*")):
         name = os.path.basename(script)
-        where = "/usr/libexec/xenblock/" if name == "block-tap" else "/etc/xen/scripts/"
+        where = "/usr/libexec/xenblock/" if name in XEN_NAMES else "/etc/xen/scripts/"
         assert where + name in files, name
         assert os.access(root / (where + name).lstrip("/"), os.X_OK), name
         assert (root / (where + name).lstrip("/")).read_text().splitlines()[0] == "#!/usr/bin/python3"
-    assert "/etc/xen/scripts/block-tap" not in files
+    assert not any(f"/etc/xen/scripts/{name}" in files for name in XEN_NAMES)
     assert f"{SITE}/xenblock/lifecycle.py" in files
     assert f"{SITE}/xenblock/__pycache__/lifecycle.cpython-311.pyc" in files
     assert "/usr/bin/xenblock" in files
@@ -94,27 +94,28 @@ def test_preun_warns_on_erase_only(rpm, tmp_path):
         assert ("warning" in out.stderr) == warns, left
 
 
-def test_trigger_keeps_the_administrators_choice_of_block_tap(rpm, tmp_path):
+@pytest.mark.parametrize("name", XEN_NAMES)
+def test_trigger_keeps_the_administrators_choice_of_a_script_xen_ships(rpm, tmp_path, name):
     assert _query(rpm, "--qf", "[%{TRIGGERNAME}\n]").split() == ["xen-runtime"]
     script = _scriptlet(rpm, "[%{TRIGGERSCRIPTS}\n]", tmp_path)
     scripts = tmp_path / "etc-xen-scripts"
     scripts.mkdir()
-    (scripts / "block-tap").write_text("xen's")
+    (scripts / name).write_text("xen's")
     # No choice made: Xen's stays.
     subprocess.run(["sh", str(script), "1", "1"], check=True)
-    assert (scripts / "block-tap").read_text() == "xen's" and not (scripts / "block-tap").is_symlink()
+    assert (scripts / name).read_text() == "xen's" and not (scripts / name).is_symlink()
     # Chosen (Xen's moved aside), then Xen's package upgraded: ours again.
-    (scripts / "block-tap.xen").write_text("xen's old")
-    (scripts / "block-tap").write_text("xen's new")
+    (scripts / f"{name}.xen").write_text("xen's old")
+    (scripts / name).write_text("xen's new")
     subprocess.run(["sh", str(script), "1", "1"], check=True)
-    assert os.readlink(scripts / "block-tap") == "/usr/libexec/xenblock/block-tap"
-    assert (scripts / "block-tap.xen").read_text() == "xen's new"
+    assert os.readlink(scripts / name) == f"/usr/libexec/xenblock/{name}"
+    assert (scripts / f"{name}.xen").read_text() == "xen's new"
     # xenblock erased: Xen's back in place; upgraded: the choice stays.
     postun = _scriptlet(rpm, "%{POSTUN}", tmp_path)
     subprocess.run(["sh", str(postun), "1"], check=True)
-    assert (scripts / "block-tap").is_symlink()
+    assert (scripts / name).is_symlink()
     subprocess.run(["sh", str(postun), "0"], check=True)
-    assert (scripts / "block-tap").read_text() == "xen's new" and not (scripts / "block-tap.xen").exists()
+    assert (scripts / name).read_text() == "xen's new" and not (scripts / f"{name}.xen").exists()
 
 
 def test_rpmlint_reports_no_error(rpm):

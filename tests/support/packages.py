@@ -11,6 +11,9 @@ import subprocess
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEBIAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 MAN_SOURCES = sorted(glob.glob(os.path.join(REPO, "packaging", "man", "*.rst")))
+# Names Xen's own packages ship in /etc/xen/scripts: ours go to
+# /usr/libexec/xenblock, for the administrator to choose.
+XEN_NAMES = ("block-nbd", "block-tap")
 SCRIPT_NAMES = sorted(os.path.basename(path) for path in glob.glob(os.path.join(REPO, "scripts", "block-*")))
 
 
