@@ -50,11 +50,12 @@ def sampled(points, default=8):
     return [point for index, point in enumerate(points) if index in chosen]
 
 
-def changing_calls(driver, disk, command, key, tmp_path):
+def changing_calls(driver, disk, command, key, tmp_path, calls=CHANGING, options=()):
     """(syscall, N, call text) of each state-changing call a successful
-    `command` makes, N counting that syscall's calls in the run."""
+    `command` makes, N counting that syscall's calls in the run; calls:
+    the system calls traced, options: strace's own (-yy names sockets)."""
     trace = tmp_path / f"{command}.trace"
-    wrapper = ["strace", "-qq", "-o", str(trace), "-e", f"trace={','.join(CHANGING)}"]
+    wrapper = ["strace", "-qq", *options, "-o", str(trace), "-e", f"trace={','.join(calls)}"]
     result = run(driver, disk, command, key, wrapper)
     assert result.returncode == 0, result.stderr
     counts, points = {}, []

@@ -5,13 +5,14 @@ xenstored; `xl` runs them for real guests. Every test is wrapped in a leak
 check: an inventory of dom0 before and after, and anything new fails it.
 """
 import os
+import subprocess
 
 import pyxs
 import pytest
 
 from tests.support import inventory, leak_check as leak_check_module
 from tests.support.driver import Driver
-from tests.support.fixtures import images  # noqa: F401 (a fixture)
+from tests.support.fixtures import image_files, images  # noqa: F401 (a fixture)
 
 SCRIPT_DIR = "/etc/xen/scripts"
 
@@ -59,3 +60,17 @@ def driver(xs_client):
     finally:
         made.cleanup()
         made.delete("/local/domain/0/xenblock-test")
+
+
+@pytest.fixture
+def exports(tmp_path):
+    """make(name, head=b"", mode=0o644, size=4 MiB) -> path of an image on a
+    tmpfs: nbd-server cannot export a file of virtme's overlay (dom0's root)."""
+    directory = tmp_path / "exports"
+    directory.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "exports", str(directory)], check=True)
+    try:
+        with image_files(directory) as make:
+            yield make
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)

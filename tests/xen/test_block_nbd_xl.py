@@ -7,30 +7,14 @@ import os
 import signal
 import subprocess
 
-import pytest
-
 from tests.support import nbd_server
-from tests.support.fixtures import image_files, read_at
+from tests.support.fixtures import read_at
 from tests.xen.xl import create_fails, disk, paused_guest, run_guest
 
 MARK = b"xenblock-nbd-export"
 READ_ONLY_MARK = b"xenblock-nbd-read-only-export"
 OLD_FORM_MARK = b"xenblock-nbd-default-export"
 WRITTEN = b"written-by-guest"
-
-
-@pytest.fixture
-def exports(tmp_path):
-    """make(name, head) -> path of an image on a tmpfs: nbd-server cannot
-    export a file of virtme's overlay (the dom0 root)."""
-    directory = tmp_path / "exports"
-    directory.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "exports", str(directory)], check=True)
-    try:
-        with image_files(directory) as make:
-            yield make
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,9 @@ kernel object or a file of the disk's (tests/support/kills.py): at every
 loop and device-mapper ioctl, and every call on the test's files (the CoW
 file, the store); block-lvsnap and block-tap (qcow2) where the script
 starts or signals a child (lvcreate, lvremove; qemu-img, qemu-nbd) and
-saves or drops its record. The next run must finish the job: no snapshot,
+saves or drops its record; block-nbd (an export of a real nbd-server)
+where it connects to the server, hands the connection to the kernel or
+takes it back (netlink), and saves or drops its record. The next run must finish the job: no snapshot,
 LV, loop or nbd device, qemu-nbd, store or record left, the base as it
 was, its data served again. The same points fail once with EIO in add
 (strace's inject=...:error=EIO): add copes, or exits 1 with one
@@ -21,11 +23,11 @@ import subprocess
 
 import pytest
 
-from tests.support import inventory
+from tests.support import inventory, nbd_server
 from tests.support.cases import loops_of
 from tests.support.cow_cases import cow_env
-from tests.support.kills import (CHILD_STARTS, MARKER, Disk, changing_calls, fail_add_at_each, kill_add_at_each,
-                                 kill_remove_at_each, run, sampled)
+from tests.support.kills import (CHANGING, CHILD_STARTS, MARKER, Disk, changing_calls, fail_add_at_each,
+                                 kill_add_at_each, kill_remove_at_each, run, sampled)
 from tests.xen.test_block_lvsnap_xl import QUIET
 from tests.xen.test_block_tap_xl import qemu_nbd_running
 from xenblock import dm, nbd
@@ -146,11 +148,11 @@ CHILD_POINTS_PER_RUN = 2
 
 
 def warm_up(driver, disk):
-    """For block-tap, one add and remove of the disk before any traced run:
-    the first add loads the nbd module (modprobe, a child the later runs
-    lack). block-lvsnap's first add is like the rest, so it gets none: the
-    warm-up would only add LVM commands, slow under emulation."""
-    if disk.script != "block-tap":
+    """For block-tap and block-nbd, one add and remove of the disk before
+    any traced run: the first add loads the nbd module (modprobe, a child
+    the later runs lack). block-lvsnap's first add is like the rest, so it
+    gets none: the warm-up would only add LVM commands, slow under emulation."""
+    if disk.script not in ("block-tap", "block-nbd"):
         return
     key = driver.backend(disk.target, script=disk.script)
     assert run(driver, disk, "add", key).returncode == 0
@@ -205,3 +207,56 @@ def test_lvsnap_and_tap_remove_killed_at_each_step_then_remove_again_leaves_noth
     assert points, "remove shows no point"
     kill_remove_at_each(driver, disk, key, sampled(points, CHILD_POINTS_PER_RUN),
                         lambda: child_leftovers(driver, disk, volume_group))
+
+
+@pytest.fixture
+def nbd_disk(exports, tmp_path):
+    """A block-nbd disk on an export of nbd-server showing MARKER at 1 MiB."""
+    image = exports("killed-export.img", size=4 * MIB)
+    with open(image, "r+b") as f:
+        f.seek(MIB)
+        f.write(MARKER)
+    with nbd_server.serving(str(tmp_path / "nbd-server"), {"disk": (image, False)}) as port:
+        yield Disk("block-nbd", f"127.0.0.1:{port}/disk", image, MIB)
+
+
+def nbd_points(driver, disk, command, key, tmp_path):
+    """The server's connect, the netlink messages (connect, disconnect),
+    the record's saves and removal."""
+    calls = changing_calls(driver, disk, command, key, tmp_path, (*CHANGING, "connect", "sendto"), ("-yy",))
+    return [point for point in calls if point[0] == "connect" and "TCP" in point[2]
+            or point[0] == "sendto" and "NETLINK" in point[2]
+            or STATE_DIR in point[2] and RECORD_SUFFIX in point[2]]
+
+
+def nbd_leftovers(driver):
+    found = {"records": driver.state_files(), "nbd devices": nbd.ours()}
+    return {kind: what for kind, what in found.items() if what}
+
+
+def test_nbd_add_killed_at_each_step_then_remove_or_add_finishes_the_job(driver, nbd_disk, tmp_path):
+    warm_up(driver, nbd_disk)
+    key = driver.backend(nbd_disk.target, script=nbd_disk.script)
+    points = nbd_points(driver, nbd_disk, "add", key, tmp_path)
+    assert any(name == "sendto" for name, _, _ in points), points
+    assert run(driver, nbd_disk, "remove", key).returncode == 0
+    kill_add_at_each(driver, nbd_disk, key, sampled(points, CHILD_POINTS_PER_RUN), lambda: nbd_leftovers(driver),
+                     alternate=True)
+
+
+def test_nbd_add_failing_at_each_step_rolls_back_or_says_what_is_left(driver, nbd_disk, tmp_path):
+    warm_up(driver, nbd_disk)
+    key = driver.backend(nbd_disk.target, script=nbd_disk.script)
+    points = nbd_points(driver, nbd_disk, "add", key, tmp_path)
+    assert run(driver, nbd_disk, "remove", key).returncode == 0
+    fail_add_at_each(driver, nbd_disk, key, sampled(points, CHILD_POINTS_PER_RUN), lambda: nbd_leftovers(driver),
+                     lambda: unrecorded(driver, nbd_leftovers(driver)))
+
+
+def test_nbd_remove_killed_at_each_step_then_remove_again_leaves_nothing(driver, nbd_disk, tmp_path):
+    warm_up(driver, nbd_disk)
+    key = driver.backend(nbd_disk.target, script=nbd_disk.script)
+    assert run(driver, nbd_disk, "add", key).returncode == 0
+    points = nbd_points(driver, nbd_disk, "remove", key, tmp_path)
+    assert any(name == "sendto" for name, _, _ in points), points
+    kill_remove_at_each(driver, nbd_disk, key, sampled(points, CHILD_POINTS_PER_RUN), lambda: nbd_leftovers(driver))
