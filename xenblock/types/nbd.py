@@ -92,7 +92,8 @@ def check(spec, request, config, opened):
         spec.info = nbd.handshake(spec.sock, spec.text, spec.export)
     except nbd.NbdError as e:
         # nbd-server has no default export; qemu-nbd and nbdkit have one.
-        hint = "" if spec.export else " (no export was named: give <host>:<port>/<export>)"
+        unnamed = not spec.export and "no such export" in str(e)
+        hint = " (no export was named: give <host>:<port>/<export>)" if unnamed else ""
         raise HotplugError(f"{e}{hint}") from None
     if spec.info.size == 0:
         raise HotplugError(f"{spec.text}: the export is empty (0 bytes)")
