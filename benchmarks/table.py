@@ -1,7 +1,7 @@
 """Print the results files benchmarks/run names (results.json: block-file
 against the stock script; results-dm.json: the device-mapper types;
 results-lvsnap-tap.json: block-lvsnap and block-tap; results-storm.json:
-the boot storm) as the Markdown tables
+the boot storm; results-network.json: block-nbd) as the Markdown tables
 of RESULTS.md, with ratios."""
 import json
 import os
@@ -71,7 +71,7 @@ def storm_table(data):
 
 
 TABLES = {"results.json": stock_table, "results-dm.json": dm_tables, "results-lvsnap-tap.json": lvsnap_tap_tables,
-          "results-storm.json": storm_table}
+          "results-storm.json": storm_table, "results-network.json": latency_table}
 
 
 def main(paths):
