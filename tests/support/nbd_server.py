@@ -7,6 +7,8 @@ import socket
 import subprocess
 import time
 
+from xenblock.deadline import stat_fields
+
 START_SECONDS = 30
 READY_SECONDS = 60
 
@@ -50,11 +52,8 @@ def stop(pid):
 def _alive(pid):
     # A daemon's parent is init, and dom0's under virtme does not reap:
     # a zombie has exited.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != b"Z"
 
 
 def _read_pid(path):
@@ -70,7 +69,7 @@ def wait_listening(port, timeout=START_SECONDS):
     The kernel's table says so; connecting to ask would make nbd-server fork
     a child for each try (slow under emulation) and qemu-nbd complain."""
     deadline = time.monotonic() + timeout
-    while not _listening(port):
+    while f"0100007F:{port:04X}" not in _listening():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -93,27 +92,20 @@ def _answers(port, export):
 
 def children(pids):
     """The processes whose parent is one of pids (nbd-server forks one per client)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            with open(f"/proc/{pid}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) in pids:
-                    found.append(int(pid))
-    return found
+    return [int(pid) for pid in filter(str.isdigit, os.listdir("/proc"))
+            if (fields := stat_fields(pid)) is not None and int(fields[1]) in pids]
 
 
-def _listening(port):
-    # /proc/net/tcp: "sl local_address rem_address st ...", the address as
-    # hex IP:port (127.0.0.1 in little-endian order), st 0A for LISTEN.
+def _listening():
+    """The local addresses with a listening socket, as /proc/net/tcp shows
+    them ("sl local_address rem_address st ...": hex IP:port, 127.0.0.1 in
+    little-endian order as 0100007F; st 0A for LISTEN)."""
     with open("/proc/net/tcp") as f:
-        return any(fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A"
-                   for fields in (line.split() for line in f.readlines()[1:]))
+        return {fields[1] for fields in (line.split() for line in f.readlines()[1:]) if fields[3] == "0A"}
 
 
 def _diagnosis(pid_file):
     """What the nbd-server processes are doing, for a failure's message."""
     ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,wchan:32,args"], capture_output=True, text=True).stdout
-    with open("/proc/net/tcp") as f:
-        listening = [line.split()[1] for line in f.readlines()[1:] if line.split()[3] == "0A"]
-    return (f"pid file says {_read_pid(pid_file)}; listening: {listening}; "
+    return (f"pid file says {_read_pid(pid_file)}; listening: {sorted(_listening())}; "
             f"{[line for line in ps.splitlines() if 'nbd' in line]}")
