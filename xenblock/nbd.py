@@ -39,8 +39,9 @@ REP_INFO = 3
 REP_FLAG_ERROR = 1 << 31
 INFO_EXPORT = 0
 # NBD_REP_ERR_* (without the error flag), as a person would say them.
+REP_ERR_UNKNOWN = 6
 REFUSALS = {1: "the server is too old for NBD_OPT_GO", 2: "not allowed by the server's policy",
-            3: "an invalid request", 5: "the server requires TLS", 6: "no such export",
+            3: "an invalid request", 5: "the server requires TLS", REP_ERR_UNKNOWN: "no such export",
             7: "the server is shutting down"}
 # Transmission flags (the server's, handed to the kernel as they are).
 TFLAG_HAS_FLAGS = 1 << 0
@@ -90,6 +91,14 @@ class NbdError(HotplugError):
     pass
 
 
+class Refused(NbdError):
+    """The server refused the export; code is its NBD_REP_ERR_* value."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
 # --- the handshake ---
 
 def handshake(sock, what, name=""):
@@ -120,8 +129,9 @@ def _negotiate(sock, what, name):
             break
         if kind & REP_FLAG_ERROR:
             said = data.decode(errors="replace").strip()
-            reason = REFUSALS.get(kind & ~REP_FLAG_ERROR, f"error {kind & ~REP_FLAG_ERROR}")
-            raise NbdError(f"{what}: the NBD server refused the export: {reason}{': ' if said else ''}{said}")
+            code = kind & ~REP_FLAG_ERROR
+            reason = REFUSALS.get(code, f"error {code}")
+            raise Refused(f"{what}: the NBD server refused the export: {reason}{': ' if said else ''}{said}", code)
         if kind == REP_INFO and len(data) >= 12 and struct.unpack(">H", data[:2])[0] == INFO_EXPORT:
             export = Export(*struct.unpack(">QH", data[2:12]))
     if export is None:

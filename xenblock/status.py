@@ -45,7 +45,8 @@ def _row(record, xs, level):
     problems = []
     state = record.get("state", "unknown")
     if state != "connected":
-        doing = "a remove is taking it down, or stopped" if state == "removing" else "an add is building it, or was killed"
+        doing = ("a remove is taking it down, or stopped" if state == "removing"
+                 else "an add is building it, or was killed")
         problems.append(f"record {state}: {doing}")
     if xs.read(f"{key}/frontend-id") is None:
         problems.append("its backend is gone from xenstore (the guest went and its remove did not run or "

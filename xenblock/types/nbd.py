@@ -92,7 +92,7 @@ def check(spec, request, config, opened):
         spec.info = nbd.handshake(spec.sock, spec.text, spec.export)
     except nbd.NbdError as e:
         # nbd-server has no default export; qemu-nbd and nbdkit have one.
-        unnamed = not spec.export and "no such export" in str(e)
+        unnamed = not spec.export and isinstance(e, nbd.Refused) and e.code == nbd.REP_ERR_UNKNOWN
         hint = " (no export was named: give <host>:<port>/<export>)" if unnamed else ""
         raise HotplugError(f"{e}{hint}") from None
     if spec.info.size == 0:
