@@ -18,11 +18,19 @@ DEFAULT_PATH = "/etc/xenblock/xenblock.conf"
 FLAG_WORDS = {"1": True, "yes": True, "true": True, "on": True,
               "0": False, "no": False, "false": False, "off": False}
 
+
+class Seconds(int):
+    """A whole number of seconds (an int that `xenblock config` does not
+    print as a size)."""
+
+
 Config = namedtuple(
     "Config", "log_file debug syslog direct_io cow_directory cow_size cow_max_size cow_sparse snapshot_max_size "
-              "fill_warning lvsnap_keep lvsnap_keep_origins lvsnap_live_origin tap_outside_files",
+              "fill_warning lvsnap_keep lvsnap_keep_origins lvsnap_live_origin tap_outside_files nbd_io_timeout",
     defaults=("/var/log/xen/xen-hotplug.log", False, True, True,
-              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False, None, 0.8, False, frozenset(), False, False))
+              "/var/lib/xenblock/cow", 1 << 30, 64 << 30, False, None, 0.8, False, frozenset(), False, False,
+              # block-nbd's I/O timeout: see xenblock.types.nbd.
+              Seconds(120)))
 
 
 class ConfigError(HotplugError):
@@ -64,6 +72,12 @@ def _percentage(text):
     return value / 100
 
 
+def _seconds(text):
+    if not (text.isdecimal() and text.isascii() and int(text) > 0):
+        raise ValueError("expected a whole number of seconds above 0")
+    return Seconds(text)
+
+
 def _origins(text):
     """A set of origin LVs, <vg>/<lv> separated by spaces; none: no origin."""
     words = [] if text.lower() == "none" else text.split()
@@ -89,6 +103,7 @@ SETTINGS = {
     ("lvsnap", "keep_origins"): ("lvsnap_keep_origins", _origins),
     ("lvsnap", "live_origin"): ("lvsnap_live_origin", _flag),
     ("tap", "outside_files"): ("tap_outside_files", _flag),
+    ("nbd", "io_timeout"): ("nbd_io_timeout", _seconds),
 }
 SECTIONS = {section for section, _ in SETTINGS}
 
@@ -127,6 +142,8 @@ def _text(value):
         return "none"
     if isinstance(value, float):
         return f"{value * 100:g}%"
+    if isinstance(value, Seconds):
+        return str(int(value))
     if isinstance(value, int):
         from . import sizes
         return sizes.text(value)

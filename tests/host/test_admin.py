@@ -141,7 +141,7 @@ def _config_command(env):
 def test_xenblock_config_shows_every_setting_in_force_and_where_it_comes_from(tmp_path):
     config = tmp_path / "x.conf"
     config.write_text("[general]\n# comment\nfill_warning = 92.5%\n[cow]\nsize = 2048M\nsparse = on\n"
-                      "[lvsnap]\nkeep_origins = vg1/b vg0/a\n")
+                      "[lvsnap]\nkeep_origins = vg1/b vg0/a\n[nbd]\nio_timeout = 30\n")
     result = _config_command({"XENBLOCK_CONFIG": str(config), "XENBLOCK_DEBUG": "1"})
     assert result.returncode == 0 and result.stderr == ""
     settings = {line.split(" = ")[0]: line.split(" = ")[1] for line in result.stdout.splitlines() if " = " in line}
@@ -152,6 +152,7 @@ def test_xenblock_config_shows_every_setting_in_force_and_where_it_comes_from(tm
     assert "max_size = none" in result.stdout.split("[snapshot]")[1]
     assert settings["syslog"].split() == ["yes", "#", "default"]
     assert settings["keep_origins"].split() == ["vg0/a", "vg1/b", "#", f"{config}", "line", "8"]
+    assert settings["io_timeout"].split() == ["30", "#", f"{config}", "line", "10"]
     assert result.stdout.splitlines()[0] == f"# {config}"
     from xenblock.config import SETTINGS
     assert sum(" = " in line for line in result.stdout.splitlines()) == len(SETTINGS)

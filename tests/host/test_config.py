@@ -12,9 +12,10 @@ def test_defaults_without_a_file(tmp_path):
 def test_file_and_environment(tmp_path):
     path = tmp_path / "x.conf"
     path.write_text("# a comment\n[general]\nlog_file = /tmp/xb.log\n  ; another\ndebug = no\n"
-                    "syslog=off\n[file]\ndirect_io = No\n")
+                    "syslog=off\n[file]\ndirect_io = No\n[nbd]\nio_timeout = 15\n")
     loaded = config.load({"XENBLOCK_CONFIG": str(path), "XENBLOCK_DEBUG": "1"})
-    assert loaded == config.Config(log_file="/tmp/xb.log", debug=True, syslog=False, direct_io=False)
+    assert loaded == config.Config(log_file="/tmp/xb.log", debug=True, syslog=False, direct_io=False,
+                                   nbd_io_timeout=15)
 
 
 def test_shipped_config_file_states_the_defaults():
@@ -38,6 +39,9 @@ def test_shipped_config_file_states_the_defaults():
     ("[general]\ndebug = maybe\n", "line 2: 'maybe': expected yes or no"),
     ("[general]\n\nsyslog = soon\n", "line 3: 'soon': expected yes or no"),
     ("[general]\nlog_file = xen.log\n", "'xen.log': expected an absolute path"),
+    ("[nbd]\nio_timeout = 0\n", "line 2: '0': expected a whole number of seconds above 0"),
+    ("[nbd]\nio_timeout = 2.5\n", "line 2: '2.5': expected a whole number of seconds above 0"),
+    ("[nbd]\nio_timeout = 30s\n", "line 2: '30s': expected a whole number of seconds above 0"),
     # Not settings any more: the state directory is fixed, waits follow libxl's limits.
     ("[general]\nstate_dir = /run/xb\n", "line 2: unknown setting 'state_dir' in [general]"),
     ("[general]\nlock_timeout = 5\n", "line 2: unknown setting 'lock_timeout' in [general]"),

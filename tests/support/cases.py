@@ -21,15 +21,37 @@ from xenblock.blockdev import Devnum
 DOM_A, DOM_B, DOM_C = 30001, 30002, 30003
 
 
+INSTALLED_CONFIG = "/etc/xenblock/xenblock.conf"
+
+
 def settings_env(driver, tmp_path, section, **settings):
     """The environment of a run with the tier's config plus settings in
     [section] (a config file of its own under tmp_path)."""
-    base = driver.env.get("XENBLOCK_CONFIG", "/etc/xenblock/xenblock.conf")
+    base = driver.env.get("XENBLOCK_CONFIG", INSTALLED_CONFIG)
     with open(base) as f:
         text = f.read()
     config = tmp_path / f"{section}.conf"
-    config.write_text(text + f"\n[{section}]\n" + "".join(f"{name} = {value}\n" for name, value in settings.items()))
+    config.write_text(text + _section(section, settings))
     return {"XENBLOCK_CONFIG": str(config)}
+
+
+@contextlib.contextmanager
+def installed_settings(section, **settings):
+    """settings in [section] of the installed config file, which the runs
+    xl starts read; the file as it was after."""
+    with open(INSTALLED_CONFIG) as f:
+        saved = f.read()
+    try:
+        with open(INSTALLED_CONFIG, "a") as f:
+            f.write(_section(section, settings))
+        yield
+    finally:
+        with open(INSTALLED_CONFIG, "w") as f:
+            f.write(saved)
+
+
+def _section(section, settings):
+    return f"\n[{section}]\n" + "".join(f"{name} = {value}\n" for name, value in settings.items())
 
 
 def physical(driver, key):

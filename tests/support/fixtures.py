@@ -3,6 +3,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -90,3 +91,11 @@ def digest(path):
     """sha256 of a whole file or device: unchanged data, byte for byte."""
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def wait_until(condition, what, timeout=30):
+    """Poll condition until it holds; fail naming what after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not after {timeout} s"
+        time.sleep(0.2)

@@ -1,9 +1,8 @@
 """block-file as xl uses it: real blkback, real guests."""
 import os
 import subprocess
-import time
 
-from tests.support.fixtures import foreign_loop, read_at
+from tests.support.fixtures import foreign_loop, read_at, wait_until
 from tests.vm import guest
 from tests.xen.xl import (assert_second_writer_refused, create_fails, disk, domid, paused_guest,
                           run_guest, xl)
@@ -11,19 +10,12 @@ from tests.xen.xl import (assert_second_writer_refused, create_fails, disk, domi
 MARK = b"xenblock-guest-marker"
 
 
-def wait_for(path, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.2)
-
-
 def test_block_attach_to_dom0_reads_back_the_image(images):
     path = images("dom0.img", MARK)
     result = xl("block-attach", "0", disk(path, vdev="xvdb"))
     assert result.returncode == 0, result.stderr
     try:
-        wait_for("/dev/xvdb")
+        wait_until(lambda: os.path.exists("/dev/xvdb"), "/dev/xvdb appears")
         assert read_at("/dev/xvdb", 0, len(MARK)) == MARK
     finally:
         assert xl("block-detach", "0", "xvdb").returncode == 0
@@ -72,7 +64,7 @@ def test_dom0_attach_then_guest_attach_like_pygrub(images, tmp_path):
     # pygrub attaches each disk to dom0, detaches it, then the guest gets it.
     path = images("boot.img", MARK)
     assert xl("block-attach", "0", disk(path, vdev="xvdc")).returncode == 0
-    wait_for("/dev/xvdc")
+    wait_until(lambda: os.path.exists("/dev/xvdc"), "/dev/xvdc appears")
     assert read_at("/dev/xvdc", 0, len(MARK)) == MARK
     assert xl("block-detach", "0", "xvdc").returncode == 0
     lines, status = run_guest(tmp_path, [disk(path)], f"head -c {len(MARK)} /dev/xvda; echo")

@@ -4,14 +4,13 @@ started by xl and hotplug runs driven directly where no guest is needed."""
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from tests.support import hostile_cases
-from tests.support.cases import DOM_A, DOM_B, DOM_C
+from tests.support.cases import DOM_A, DOM_B, DOM_C, installed_settings
 from tests.support.fixtures import digest, read_at
 from tests.support.part_cases import write_at
 from tests.xen.xl import config, create_on_console, disk, guest_result, paused_guest, run_guest
@@ -19,7 +18,6 @@ from tests.xen.xl import config, create_on_console, disk, guest_result, paused_g
 SCRIPT = "block-lvsnap"
 MARK = b"xenblock-lvsnap-origin"
 QUIET = ["-q", "--config", "backup { backup = 0 archive = 0 }"]
-CONF = "/etc/xenblock/xenblock.conf"
 
 
 def sh(*argv):
@@ -176,14 +174,8 @@ def test_a_users_lv_with_our_snapshots_name_is_never_touched(vg, driver):
 
 @pytest.fixture
 def keep_config(vg):
-    saved = CONF + ".saved"
-    shutil.copy(CONF, saved)
-    with open(CONF, "a") as f:
-        f.write(f"\n[lvsnap]\nkeep_origins = {vg}/orig\n")
-    try:
+    with installed_settings("lvsnap", keep_origins=f"{vg}/orig"):
         yield
-    finally:
-        os.replace(saved, CONF)
 
 
 def test_a_kept_snapshot_is_found_again_with_the_guests_changes(vg, tmp_path, keep_config):

@@ -6,15 +6,19 @@ import contextlib
 import os
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.support import nbd_server
-from tests.support.fixtures import read_at
-from tests.xen.xl import create_fails, disk, paused_guest, run_guest
+from tests.support.cases import installed_settings
+from tests.support.fixtures import read_at, wait_until
+from tests.xen.xl import config, create_fails, create_on_console, disk, domid, guest_result, paused_guest, run_guest
 
 MARK = b"xenblock-nbd-export"
 READ_ONLY_MARK = b"xenblock-nbd-read-only-export"
 OLD_FORM_MARK = b"xenblock-nbd-default-export"
 WRITTEN = b"written-by-guest"
+STARTED = b"guest-started-its-io"
+XVDA, XVDB = 51712, 51728  # the guests' device numbers of xvda and xvdb
 
 
 @contextlib.contextmanager
@@ -70,13 +74,75 @@ def test_a_server_that_stops_answering_does_not_keep_the_destroyed_guests_disk(e
     # no nbd connection left.
     path = exports("stalled.img", MARK)
     with nbd_server.serving(str(tmp_path / "nbd-server"), {"disk": (path, False)}) as port:
-        servers = [int(pid) for pid in subprocess.run(["pgrep", "-x", "nbd-server"], capture_output=True,
-                                                        text=True).stdout.split()]
-        assert servers
-        try:
+        servers = nbd_servers()
+        with stopped_at_will(servers) as stop:
             with paused_guest(tmp_path, [disk(f"127.0.0.1:{port}/disk", script="block-nbd")]):
-                for pid in servers + nbd_server.children(servers):
-                    os.kill(pid, signal.SIGSTOP)
-        finally:
-            for pid in servers + nbd_server.children(servers):
-                os.kill(pid, signal.SIGCONT)
+                stop()
+
+
+def test_a_guest_s_io_fails_after_io_timeout_once_its_server_stops_answering(driver, exports, tmp_path):
+    # The guest writes (fsync: the server has it), then reads, with direct
+    # I/O, a block it never read, once dom0 has seen its write and stopped
+    # the server (SIGSTOP: no answer, no closed connection). The kernel's
+    # nbd device fails the read after [nbd] io_timeout and drops the
+    # connection; the guest gets an I/O error instead of hanging, powers
+    # off, and destroy leaves nothing. dom0 also sees the setting and mode r
+    # on the nbd devices themselves (a guest's write to a mode r disk is
+    # refused by the guest's own kernel, which would hide a writable device).
+    path, other = exports("stalling.img", MARK), exports("other.img", READ_ONLY_MARK)
+    snippet = (f"echo {STARTED.decode()} | dd of=/dev/xvda bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null; "
+               f"sleep {GUEST_WAITS}; dd if=/dev/xvda of=/dev/null bs=4096 skip=512 count=1 iflag=direct "
+               "2>/dev/null; echo read-status $?")
+    served = {"disk": (path, False), "other": (other, False)}
+    with installed_settings("nbd", io_timeout=IO_TIMEOUT), \
+            nbd_server.serving(str(tmp_path / "nbd-server"), served) as port, \
+            stopped_at_will(nbd_servers()) as stop, ThreadPoolExecutor(1) as pool:
+        name, config_path = config(tmp_path, [disk(f"127.0.0.1:{port}/disk", script="block-nbd"),
+                                              f"nbd:127.0.0.1:{port}/other,xvdb,r"], snippet)
+        console = pool.submit(create_on_console, name, config_path)
+        wait_until(lambda: read_at(path, 2048 * 512, len(STARTED)) == STARTED or console.done(),
+                   "the guest's write reaches the export", timeout=150)
+        assert not console.done(), console.result()
+        devices = {vdev: nbd_sysfs(driver, domid(name), vdev) for vdev in (XVDA, XVDB)}
+        stop()
+        lines, status = guest_result(console.result())
+    assert status == 0 and lines == ["read-status 1"], lines
+    assert devices == {XVDA: (str(IO_TIMEOUT * 1000), "0"), XVDB: (str(IO_TIMEOUT * 1000), "1")}
+
+
+IO_TIMEOUT = 5
+# Time enough for dom0 to see the guest's write and stop the server (dom0
+# polls a tmpfs file; its scheduling under emulation is the margin).
+GUEST_WAITS = 10
+
+
+def nbd_servers():
+    servers = [int(pid) for pid in subprocess.run(["pgrep", "-x", "nbd-server"], capture_output=True,
+                                                    text=True).stdout.split()]
+    assert servers
+    return servers
+
+
+@contextlib.contextmanager
+def stopped_at_will(servers):
+    """A stop() that sends SIGSTOP to servers and the children serving
+    their connections (nbd-server forks one per client); SIGCONT after."""
+    def stop():
+        for pid in servers + nbd_server.children(servers):
+            os.kill(pid, signal.SIGSTOP)
+    try:
+        yield stop
+    finally:
+        for pid in servers + nbd_server.children(servers):
+            os.kill(pid, signal.SIGCONT)
+
+
+def nbd_sysfs(driver, guest, vdev):
+    """(queue/io_timeout in ms, ro) of the nbd device blkback serves as the guest's vdev."""
+    major, minor = (int(part, 16) for part in
+                    driver.read(f"/local/domain/0/backend/vbd/{guest}/{vdev}/physical-device").split(":"))
+    device = f"/sys/dev/block/{major}:{minor}"
+    assert os.path.basename(os.path.realpath(device)).startswith("nbd"), device
+    with open(f"{device}/queue/io_timeout") as timeout, open(f"{device}/ro") as ro:
+        return timeout.read().strip(), ro.read().strip()
+

@@ -34,11 +34,6 @@ USAGE = ("give <host>:<port>[/<export>], nbd://<host>[:<port>][/<export>] or <ho
 # Connecting and negotiating, out of add's 40 s: a server that does not
 # answer in this time is refused while libxl still reads our error.
 CONNECT_SECONDS = 10.0
-# The kernel fails a request the server has not answered in this time, and
-# the connection with it: a server gone for good must not hang the guest's
-# I/O, and the guest's destroy, for ever. As open-iscsi's default
-# replacement_timeout: a server restarting or a network blip is waited out.
-IO_TIMEOUT_SECONDS = 120
 
 
 @dataclass
@@ -135,8 +130,13 @@ def attach(spec, uses, request, build):
     # refuses writes (blkback opens it read-only too).
     flags = spec.info.flags | (0 if request.writable else nbd.TFLAG_READ_ONLY)
     spec.sock.settimeout(None)  # the kernel's now
+    # The kernel fails a request the server has not answered in [nbd]
+    # io_timeout, and the connection with it: a server gone for good must
+    # not hang the guest's I/O, and the guest's destroy, for ever. 120 s by
+    # default, as open-iscsi's replacement_timeout: a server restarting or a
+    # network blip is waited out.
     try:
-        node, devnum = build.nbd_device(spec.sock, spec.info._replace(flags=flags), IO_TIMEOUT_SECONDS)
+        node, devnum = build.nbd_device(spec.sock, spec.info._replace(flags=flags), build.config.nbd_io_timeout)
     except nbd.NbdError as e:
         raise HotplugError(f"{spec.text}: {e}") from None
     mode = "read-write" if request.writable else "read-only"
