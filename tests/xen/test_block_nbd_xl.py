@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from tests.support import nbd_server
 from tests.support.cases import installed_settings
 from tests.support.fixtures import read_at, wait_until
-from tests.xen.xl import config, create_fails, create_on_console, disk, domid, guest_result, paused_guest, run_guest
+from tests.xen.xl import (config, create_fails, create_on_console, disk, domid, guest_result, paused_guest, run_guest,
+                          xl)
 
 MARK = b"xenblock-nbd-export"
 READ_ONLY_MARK = b"xenblock-nbd-read-only-export"
@@ -81,39 +82,70 @@ def test_a_server_that_stops_answering_does_not_keep_the_destroyed_guests_disk(e
 
 
 def test_a_guest_s_io_fails_after_io_timeout_once_its_server_stops_answering(driver, exports, tmp_path):
-    # The guest writes (fsync: the server has it), then reads, with direct
-    # I/O, a block it never read, once dom0 has seen its write and stopped
-    # the server (SIGSTOP: no answer, no closed connection). The kernel's
-    # nbd device fails the read after [nbd] io_timeout and drops the
-    # connection; the guest gets an I/O error instead of hanging, powers
-    # off, and destroy leaves nothing. dom0 also sees the setting and mode r
-    # on the nbd devices themselves (a guest's write to a mode r disk is
-    # refused by the guest's own kernel, which would hide a writable device).
+    # The kernel's nbd device fails the guest's read after [nbd] io_timeout
+    # and drops the connection: the guest gets an I/O error instead of
+    # hanging, powers off, and destroy leaves nothing. dom0 also sees the
+    # setting and mode r on the nbd devices themselves (a guest's write to a
+    # mode r disk is refused by the guest's own kernel, which would hide a
+    # writable device).
     path, other = exports("stalling.img", MARK), exports("other.img", READ_ONLY_MARK)
-    snippet = (f"echo {STARTED.decode()} | dd of=/dev/xvda bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null; "
-               f"sleep {GUEST_WAITS}; dd if=/dev/xvda of=/dev/null bs=4096 skip=512 count=1 iflag=direct "
-               "2>/dev/null; echo read-status $?")
     served = {"disk": (path, False), "other": (other, False)}
     with installed_settings("nbd", io_timeout=IO_TIMEOUT), \
             nbd_server.serving(str(tmp_path / "nbd-server"), served) as port, \
-            stopped_at_will(nbd_servers()) as stop, ThreadPoolExecutor(1) as pool:
-        name, config_path = config(tmp_path, [disk(f"127.0.0.1:{port}/disk", script="block-nbd"),
-                                              f"nbd:127.0.0.1:{port}/other,xvdb,r"], snippet)
-        console = pool.submit(create_on_console, name, config_path)
-        wait_until(lambda: read_at(path, 2048 * 512, len(STARTED)) == STARTED or console.done(),
-                   "the guest's write reaches the export", timeout=150)
-        assert not console.done(), console.result()
-        devices = {vdev: nbd_sysfs(driver, domid(name), vdev) for vdev in (XVDA, XVDB)}
+            stalling_guest(tmp_path, path, [disk(f"127.0.0.1:{port}/disk", script="block-nbd"),
+                                            f"nbd:127.0.0.1:{port}/other,xvdb,r"]) as (name, console, stop):
+        devices = {vdev: nbd_sysfs(driver, domid(name), vdev, "queue/io_timeout", "ro") for vdev in (XVDA, XVDB)}
         stop()
         lines, status = guest_result(console.result())
     assert status == 0 and lines == ["read-status 1"], lines
-    assert devices == {XVDA: (str(IO_TIMEOUT * 1000), "0"), XVDB: (str(IO_TIMEOUT * 1000), "1")}
+    assert devices == {XVDA: [str(IO_TIMEOUT * 1000), "0"], XVDB: [str(IO_TIMEOUT * 1000), "1"]}
 
 
+def test_a_guest_destroyed_while_its_read_waits_on_a_stopped_server_leaves_nothing(driver, exports, tmp_path):
+    # The default io_timeout (120 s) outlasts libxl's patience: the guest
+    # is destroyed while its read is in flight on the nbd device. libxl
+    # gives blkback 10 s to close, then removes the backend and runs remove,
+    # whose disconnect must not wait for the server nor for blkback's
+    # request; the leak check then finds no nbd connection left.
+    path, log_start = exports("in-flight.img", MARK), driver.log_offset()
+    with nbd_server.serving(str(tmp_path / "nbd-server"), {"disk": (path, False)}) as port, \
+            stalling_guest(tmp_path, path, [disk(f"127.0.0.1:{port}/disk", script="block-nbd")]) as \
+            (name, console, stop):
+        guest = domid(name)
+        stop()
+        wait_until(lambda: nbd_sysfs(driver, guest, XVDA, "inflight")[0].split()[0] != "0",
+                   "the guest's read is in flight", timeout=GUEST_WAITS * 6)
+        destroyed = xl("destroy", name)
+        assert destroyed.returncode == 0, destroyed.stderr
+        console.result()
+    removes = [line for line in driver.log_since(log_start) if f" remove backend/vbd/{guest}/{XVDA}: " in line]
+    assert len(removes) == 1 and ": failed: " not in removes[0], removes
+
+
+# The guest writes a mark (fsync: the server has it), sleeps, then reads
+# with direct I/O a block it never read: by then dom0, which saw the mark
+# arrive, has stopped the server.
+STALLING_SNIPPET = (f"echo {STARTED.decode()} | dd of=/dev/xvda bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null; "
+                    f"sleep {{waits}}; dd if=/dev/xvda of=/dev/null bs=4096 skip=512 count=1 iflag=direct "
+                    "2>/dev/null; echo read-status $?")
 IO_TIMEOUT = 5
 # Time enough for dom0 to see the guest's write and stop the server (dom0
 # polls a tmpfs file; its scheduling under emulation is the margin).
 GUEST_WAITS = 10
+
+
+@contextlib.contextmanager
+def stalling_guest(tmp_path, path, disks):
+    """A guest running STALLING_SNIPPET on disks (xvda: the export of path),
+    once its mark has reached path: (its name, the future of its console,
+    a stop() for the server, which stays stopped until the end)."""
+    with stopped_at_will(nbd_servers()) as stop, ThreadPoolExecutor(1) as pool:
+        name, config_path = config(tmp_path, disks, STALLING_SNIPPET.format(waits=GUEST_WAITS))
+        console = pool.submit(create_on_console, name, config_path)
+        wait_until(lambda: read_at(path, 2048 * 512, len(STARTED)) == STARTED or console.done(),
+                   "the guest's write reaches the export", timeout=150)
+        assert not console.done(), console.result()
+        yield name, console, stop
 
 
 def nbd_servers():
@@ -137,12 +169,14 @@ def stopped_at_will(servers):
             os.kill(pid, signal.SIGCONT)
 
 
-def nbd_sysfs(driver, guest, vdev):
-    """(queue/io_timeout in ms, ro) of the nbd device blkback serves as the guest's vdev."""
+def nbd_sysfs(driver, guest, vdev, *attributes):
+    """The sysfs attributes of the nbd device blkback serves as the guest's vdev."""
     major, minor = (int(part, 16) for part in
                     driver.read(f"/local/domain/0/backend/vbd/{guest}/{vdev}/physical-device").split(":"))
     device = f"/sys/dev/block/{major}:{minor}"
     assert os.path.basename(os.path.realpath(device)).startswith("nbd"), device
-    with open(f"{device}/queue/io_timeout") as timeout, open(f"{device}/ro") as ro:
-        return timeout.read().strip(), ro.read().strip()
-
+    values = []
+    for attribute in attributes:
+        with open(f"{device}/{attribute}") as f:
+            values.append(f.read().strip())
+    return values
