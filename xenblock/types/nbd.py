@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from .. import nbd
 from ..blockdev import Device
 from ..errors import HotplugError
+from ..network import Address, parse_address, parse_port
 from ..source import Remote, Use
 
 DEFAULT_PORT = 10809
@@ -46,36 +47,19 @@ class Spec:
 
     @property
     def text(self):
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"nbd://{host}:{self.port}/{self.export}"
+        return f"nbd://{Address(self.host, self.port)}/{self.export}"
 
 
 def parse(target):
     text = target.strip()
     words = text.split()
     if len(words) == 2 and words[1].isdigit():  # Xen's old "<host> <port>"
-        return Spec(words[0], _port(words[1], text), "")
+        return Spec(words[0], parse_port(words[1], text), "")
     if len(words) != 1:
         raise HotplugError(f"target {text!r}: {USAGE}" if text else f"empty target: {USAGE}")
     address, _, export = text.removeprefix(URI_SCHEME).partition("/")
-    if address.startswith("["):
-        host, bracket, port = address[1:].partition("]")
-        if not bracket or (port and not port.startswith(":")):
-            raise HotplugError(f"target {text!r}: an unclosed or malformed [IPv6 address]: {USAGE}")
-        port = port[1:]
-    elif address.count(":") > 1:
-        raise HotplugError(f"target {text!r}: an IPv6 address goes in brackets: [{address}]:<port>")
-    else:
-        host, _, port = address.partition(":")
-    if not host:
-        raise HotplugError(f"target {text!r} names no host: {USAGE}")
-    return Spec(host, _port(port, text) if port else DEFAULT_PORT, export)
-
-
-def _port(word, text):
-    if not word.isdigit() or not 0 < int(word) < 65536:
-        raise HotplugError(f"target {text!r}: {word!r} is not a TCP port (1-65535)")
-    return int(word)
+    server = parse_address(address, DEFAULT_PORT, text, USAGE)
+    return Spec(server.host, server.port, export)
 
 
 def check(spec, request, config, opened):
