@@ -73,8 +73,9 @@ def _percentage(text):
 
 
 def _seconds(text):
-    if not (text.isdecimal() and text.isascii() and int(text) > 0):
-        raise ValueError("expected a whole number of seconds above 0")
+    # At most a day: "never" is what a timeout is there to rule out.
+    if not (text.isdecimal() and text.isascii() and 0 < int(text) <= 86400):
+        raise ValueError("expected a whole number of seconds from 1 to 86400 (a day)")
     return Seconds(text)
 
 

@@ -39,9 +39,10 @@ def test_shipped_config_file_states_the_defaults():
     ("[general]\ndebug = maybe\n", "line 2: 'maybe': expected yes or no"),
     ("[general]\n\nsyslog = soon\n", "line 3: 'soon': expected yes or no"),
     ("[general]\nlog_file = xen.log\n", "'xen.log': expected an absolute path"),
-    ("[nbd]\nio_timeout = 0\n", "line 2: '0': expected a whole number of seconds above 0"),
-    ("[nbd]\nio_timeout = 2.5\n", "line 2: '2.5': expected a whole number of seconds above 0"),
-    ("[nbd]\nio_timeout = 30s\n", "line 2: '30s': expected a whole number of seconds above 0"),
+    ("[nbd]\nio_timeout = 0\n", "line 2: '0': expected a whole number of seconds from 1 to 86400"),
+    ("[nbd]\nio_timeout = 2.5\n", "line 2: '2.5': expected a whole number of seconds from 1 to 86400"),
+    ("[nbd]\nio_timeout = 86401\n", "line 2: '86401': expected a whole number of seconds from 1 to 86400"),
+    ("[nbd]\nio_timeout = 30s\n", "line 2: '30s': expected a whole number of seconds from 1 to 86400"),
     # Not settings any more: the state directory is fixed, waits follow libxl's limits.
     ("[general]\nstate_dir = /run/xb\n", "line 2: unknown setting 'state_dir' in [general]"),
     ("[general]\nlock_timeout = 5\n", "line 2: unknown setting 'lock_timeout' in [general]"),
