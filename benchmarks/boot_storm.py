@@ -18,10 +18,8 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pyxs
-
 from dm_types import STORAGE, _save, _storage
-from hotplug_latency import BASE, _env, _image, _machine
+from hotplug_latency import BASE, _env, _image, _machine, _xenstore
 
 CONTENDERS = {"stock block": "/etc/xen/scripts/block", "block-file": "/etc/xen/scripts/block-file",
               "block-cow, one base": "/etc/xen/scripts/block-cow"}
@@ -36,8 +34,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    client = pyxs.Client(unix_socket_path="/run/xenstored/socket")
-    client.connect()
+    client = _xenstore()
     rows = []
     with _storage():
         base = _image(os.path.join(STORAGE, "base.img"), 16 << 20)

@@ -31,9 +31,7 @@ import statistics
 import subprocess
 import sys
 
-import pyxs
-
-from hotplug_latency import BASE, _counts, _cycle, _image, _machine
+from hotplug_latency import BASE, _counts, _cycle, _described_machine, _image, _xenstore
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.xen.xl import disk, run_guest  # noqa: E402 (needs the checkout on sys.path)
@@ -50,10 +48,8 @@ def main():
     parser.add_argument("--mib", type=int, default=32, help="MiB per dd (9 rounds of 64 fill the 1 GiB tmpfs)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    client = pyxs.Client(unix_socket_path="/run/xenstored/socket")
-    client.connect()
-    results = {"machine": {**_machine(), "storage": "tmpfs in dom0 (images, bases, CoW files, stores)",
-                           "commit": os.environ.get("XENBLOCK_COMMIT", "?")}}
+    client = _xenstore()
+    results = {"machine": _described_machine("tmpfs in dom0 (images, bases, CoW files, stores)")}
     with _storage(), _cow_directory(os.path.join(STORAGE, "cow")):
         cases = _cases()
         # An untimed add+remove makes the kept CoW file.

@@ -39,8 +39,7 @@ def main():
     image = _image(os.path.join(work, "disk.img"))
     device = subprocess.run(["losetup", "--find", "--show", _image(os.path.join(work, "dev.img"))],
                             capture_output=True, text=True, check=True).stdout.strip()
-    client = pyxs.Client(unix_socket_path="/run/xenstored/socket")
-    client.connect()
+    client = _xenstore()
     results = []
     try:
         for count in [int(n) for n in args.vbds.split(",")]:
@@ -188,6 +187,18 @@ def _image(path, size=64 << 20):
     with open(path, "wb") as f:
         f.truncate(size)
     return path
+
+
+def _xenstore():
+    """A connected client of dom0's xenstored, as the scripts' own."""
+    client = pyxs.Client(unix_socket_path="/run/xenstored/socket")
+    client.connect()
+    return client
+
+
+def _described_machine(storage):
+    """_machine() with where the images live and the commit measured."""
+    return {**_machine(), "storage": storage, "commit": os.environ.get("XENBLOCK_COMMIT", "?")}
 
 
 def _machine():

@@ -30,10 +30,8 @@ import os
 import statistics
 import subprocess
 
-import pyxs
-
 from dm_types import STORAGE, _save, _storage, guest_throughput, latency
-from hotplug_latency import _image, _machine
+from hotplug_latency import _described_machine, _image, _xenstore
 from tests.xen.xl import disk  # dm_types put the checkout on sys.path
 
 VG = "xenblockbench"
@@ -49,10 +47,8 @@ def main():
     parser.add_argument("--no-lvsnap", action="store_true", help="block-file and block-tap only")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    client = pyxs.Client(unix_socket_path="/run/xenstored/socket")
-    client.connect()
-    results = {"machine": {**_machine(), "storage": "tmpfs in dom0 (images, qcow2 files, the PV's file)",
-                           "commit": os.environ.get("XENBLOCK_COMMIT", "?")}}
+    client = _xenstore()
+    results = {"machine": _described_machine("tmpfs in dom0 (images, qcow2 files, the PV's file)")}
     with _storage(), _volume_group() as vg:
         cases = _cases(vg)
         if args.no_lvsnap:

@@ -13,10 +13,8 @@ import argparse
 import json
 import os
 
-import pyxs
-
 from dm_types import STORAGE, _save, _storage, latency
-from hotplug_latency import _image, _machine
+from hotplug_latency import _described_machine, _image, _xenstore
 from tests.support import nbd_server  # dm_types put the checkout on sys.path
 
 
@@ -25,10 +23,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    client = pyxs.Client(unix_socket_path="/run/xenstored/socket")
-    client.connect()
-    results = {"machine": {**_machine(), "storage": "tmpfs in dom0; nbd-server in dom0 over 127.0.0.1",
-                           "commit": os.environ.get("XENBLOCK_COMMIT", "?")}}
+    client = _xenstore()
+    results = {"machine": _described_machine("tmpfs in dom0; nbd-server in dom0 over 127.0.0.1")}
     with _storage():
         export = _image(os.path.join(STORAGE, "export.img"))
         with nbd_server.serving(os.path.join(STORAGE, "nbd-server"), {"disk": (export, False)}) as port:
