@@ -9,10 +9,11 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.support import nbd_server
-from tests.support.cases import installed_settings
+from tests.support.cases import installed_settings, physical
 from tests.support.fixtures import read_at, wait_until
 from tests.xen.xl import (config, create_fails, create_on_console, disk, domid, guest_result, paused_guest, run_guest,
                           xl)
+from xenblock.blockdev import read_attribute
 
 MARK = b"xenblock-nbd-export"
 READ_ONLY_MARK = b"xenblock-nbd-read-only-export"
@@ -171,12 +172,6 @@ def stopped_at_will(servers):
 
 def nbd_sysfs(driver, guest, vdev, *attributes):
     """The sysfs attributes of the nbd device blkback serves as the guest's vdev."""
-    major, minor = (int(part, 16) for part in
-                    driver.read(f"/local/domain/0/backend/vbd/{guest}/{vdev}/physical-device").split(":"))
-    device = f"/sys/dev/block/{major}:{minor}"
-    assert os.path.basename(os.path.realpath(device)).startswith("nbd"), device
-    values = []
-    for attribute in attributes:
-        with open(f"{device}/{attribute}") as f:
-            values.append(f.read().strip())
-    return values
+    devnum = physical(driver, f"/local/domain/0/backend/vbd/{guest}/{vdev}")
+    assert os.path.basename(os.path.realpath(devnum.sysfs())).startswith("nbd"), devnum
+    return [read_attribute(devnum, attribute) for attribute in attributes]
